@@ -1,0 +1,452 @@
+//! The operations of the service, one method per protocol operation.
+//!
+//! [`App`] ties together the in-memory [`Directory`] (access decisions), the
+//! [`Store`] (persistence), the [`Hub`] (live fan-out) and the rate limiter.
+//! Handlers in `http` parse requests into calls on it; nothing here knows
+//! about HTTP. Submodules group the operations:
+//!
+//! - `rooms`: categories, rooms, lists, joining, participants;
+//! - `messages`: posting, history, search, the publisher task;
+//! - `me`: the caller's own state (presence, followed rooms, invitations);
+//! - `admin`: administration and bulk provisioning;
+//! - `views`: records rendered as wire types.
+//!
+//! Directory writes are serialised by `admin_lock`: validate against the
+//! current directory, write to the store, then apply the same change to the
+//! in-memory directory. Readers never wait for the store.
+
+mod admin;
+mod me;
+mod messages;
+mod rooms;
+pub mod views;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use pchat_protocol::{ComplianceConfig, ErrorCode, ServiceConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::domain::{Directory, RoomId, UserId, OPERATOR};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Change, ComplianceEvent, Snapshot, Store};
+
+pub use messages::{run_publisher, HistoryFrom, MessageSearch, Posted};
+pub use rooms::{check_endpoint, JOIN_SINCE_MAX};
+
+/// Settings keys in the store.
+const SERVICE_KEY: &str = "service";
+const COMPLIANCE_KEY: &str = "compliance";
+
+/// Run-time settings changed through the admin API.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub service: ServiceConfig,
+    pub compliance: ComplianceConfig,
+    pub addins: BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            service: ServiceConfig {
+                messages_on_join: 30,
+                participant_update_limit: 75,
+                room_management_url: None,
+                max_file_size_kb: 20_000,
+                disclaimer: None,
+            },
+            compliance: ComplianceConfig {
+                enabled: false,
+                interval_s: 900,
+            },
+            addins: BTreeMap::new(),
+        }
+    }
+}
+
+/// The authenticated caller of an operation.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub id: UserId,
+    pub name: String,
+    pub admin: bool,
+}
+
+/// The service.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    dir: RwLock<Directory>,
+    settings: RwLock<Settings>,
+    admin_lock: tokio::sync::Mutex<()>,
+    limiter: RateLimiter,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        snapshot: Snapshot,
+        keys: Keys,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        notes: tokio::sync::mpsc::UnboundedSender<(RoomId, String, bool)>,
+    ) -> ApiResult<Arc<App>> {
+        let hub = Arc::new(Hub::new(
+            metrics.clone(),
+            Duration::from_secs(config.stream.endpoint_linger_s),
+            config.stream.queue_events,
+            Some(notes),
+        ));
+        hub.init_rooms(snapshot.last_seqs.iter().map(|(r, s)| (*r, *s)));
+        let mut dir = Directory::default();
+        for u in snapshot.users {
+            dir.users.insert(u.id, u);
+        }
+        for g in snapshot.groups {
+            dir.groups.insert(g.id, g);
+        }
+        dir.policies = snapshot.policies.into_iter().collect();
+        for c in snapshot.categories {
+            dir.categories.insert(c.id, c);
+        }
+        for r in snapshot.rooms {
+            dir.rooms.insert(r.id, r);
+        }
+        dir.reindex();
+        let mut settings = Settings::default();
+        for (k, v) in snapshot.settings {
+            match k.as_str() {
+                SERVICE_KEY => {
+                    settings.service = serde_json::from_str(&v).map_err(ApiError::internal)?
+                }
+                COMPLIANCE_KEY => {
+                    settings.compliance = serde_json::from_str(&v).map_err(ApiError::internal)?
+                }
+                _ => {}
+            }
+        }
+        settings.addins = snapshot.addins.into_iter().collect();
+        metrics.rooms.set(dir.rooms.len() as i64);
+        metrics.users.set(dir.users.len() as i64);
+        let limiter = RateLimiter::new(&config);
+        Ok(Arc::new(App {
+            config,
+            store,
+            hub,
+            keys,
+            metrics,
+            shutdown,
+            dir: RwLock::new(dir),
+            settings: RwLock::new(settings),
+            admin_lock: tokio::sync::Mutex::new(()),
+            limiter,
+        }))
+    }
+
+    /// A read view of the directory. Never hold it across an await.
+    pub fn dir(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        self.dir.read().expect("directory lock poisoned")
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .expect("settings lock poisoned")
+            .clone()
+    }
+
+    fn compliance_on(&self) -> bool {
+        self.settings
+            .read()
+            .expect("settings lock poisoned")
+            .compliance
+            .enabled
+    }
+
+    /// Authenticates a bearer token (PC-4.1, PC-4.4).
+    pub fn authenticate(&self, token: &str) -> ApiResult<Caller> {
+        let unauth = || {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "missing, invalid or expired token",
+            )
+        };
+        let id = self
+            .keys
+            .verify(token, crate::auth::now_s())
+            .ok_or_else(unauth)?;
+        let dir = self.dir();
+        if id == OPERATOR {
+            return Ok(Caller {
+                id,
+                name: "operator".into(),
+                admin: true,
+            });
+        }
+        let user = dir.users.get(&id).ok_or_else(unauth)?;
+        if user.disabled {
+            return Err(unauth());
+        }
+        if !dir.policy_enabled(user) {
+            return Err(ApiError::new(
+                ErrorCode::PolicyDisabled,
+                "your policy does not allow Persistent Chat",
+            ));
+        }
+        Ok(Caller {
+            id,
+            name: user.name.clone(),
+            admin: user.admin,
+        })
+    }
+
+    /// Charges one request (and a post, when `post`) to the caller's buckets.
+    pub fn charge(&self, caller: &Caller, post: bool) -> ApiResult<()> {
+        if caller.id == OPERATOR {
+            return Ok(());
+        }
+        self.limiter.charge(caller.id, post).map_err(|wait| {
+            self.metrics.rate_limited.inc();
+            let mut e = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
+            e.retry_after_ms = Some(wait.as_millis().max(1) as u64);
+            e
+        })
+    }
+
+    /// Writes a compliance record set if compliance is on.
+    async fn comply(&self, events: Vec<ComplianceEvent>) -> ApiResult<()> {
+        if self.compliance_on() && !events.is_empty() {
+            self.store.record(events).await?;
+        }
+        Ok(())
+    }
+
+    fn event(
+        &self,
+        kind: &'static str,
+        room: Option<(RoomId, String)>,
+        user: &str,
+    ) -> ComplianceEvent {
+        ComplianceEvent {
+            kind,
+            at_ms: now_ms(),
+            room,
+            user: user.to_owned(),
+            seq: None,
+            text: None,
+            detail: None,
+        }
+    }
+
+    /// Writes directory changes through the store, then into memory.
+    async fn commit(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>) -> ApiResult<()> {
+        let audit = if self.compliance_on() {
+            audit
+        } else {
+            Vec::new()
+        };
+        self.store.apply(changes.clone(), audit).await?;
+        let mut dir = self.dir.write().expect("directory lock poisoned");
+        let mut regroup = false;
+        for c in changes {
+            regroup |= apply_to_directory(&mut dir, c);
+        }
+        if regroup {
+            dir.recompute_groups();
+        }
+        self.metrics.rooms.set(dir.rooms.len() as i64);
+        self.metrics.users.set(dir.users.len() as i64);
+        Ok(())
+    }
+
+    /// Records the participant joins and parts the hub reports (PC-14.2).
+    pub async fn run_presence_recorder(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(RoomId, String, bool)>,
+    ) {
+        while let Some((room, user, joined)) = rx.recv().await {
+            let name = self
+                .dir()
+                .rooms
+                .get(&room)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            let ev = self.event(
+                if joined { "JOIN" } else { "PART" },
+                Some((room, name)),
+                &user,
+            );
+            if let Err(e) = self.comply(vec![ev]).await {
+                tracing::warn!(error = %e, "could not record participant change");
+            }
+        }
+    }
+}
+
+/// Mirrors a store change in the directory; returns whether group closures
+/// must be recomputed.
+fn apply_to_directory(dir: &mut Directory, change: Change) -> bool {
+    use crate::domain::{name_key, NameOwner};
+    match change {
+        Change::PutUser(u) => {
+            if let Some(old) = dir.users.get(&u.id) {
+                dir.user_ids.remove(&old.name);
+            }
+            dir.user_ids.insert(u.name.clone(), u.id);
+            dir.users.insert(u.id, u);
+            true
+        }
+        Change::DeleteUser(id) => {
+            if let Some(old) = dir.users.remove(&id) {
+                dir.user_ids.remove(&old.name);
+            }
+            let e = crate::domain::Entry::User(id);
+            for g in dir.groups.values_mut() {
+                g.members.remove(&e);
+            }
+            for c in dir.categories.values_mut() {
+                c.allowed.remove(e);
+                c.denied.remove(e);
+                c.creators.remove(e);
+            }
+            for r in dir.rooms.values_mut() {
+                r.managers.remove(e);
+                r.presenters.remove(e);
+                r.members.remove(e);
+            }
+            true
+        }
+        Change::PutGroup(g) => {
+            if let Some(old) = dir.groups.get(&g.id) {
+                dir.group_ids.remove(&old.name);
+            }
+            dir.group_ids.insert(g.name.clone(), g.id);
+            dir.groups.insert(g.id, g);
+            true
+        }
+        Change::DeleteGroup(id) => {
+            if let Some(old) = dir.groups.remove(&id) {
+                dir.group_ids.remove(&old.name);
+            }
+            let e = crate::domain::Entry::Group(id);
+            for g in dir.groups.values_mut() {
+                g.members.remove(&e);
+            }
+            for c in dir.categories.values_mut() {
+                c.allowed.remove(e);
+                c.denied.remove(e);
+                c.creators.remove(e);
+            }
+            for r in dir.rooms.values_mut() {
+                r.managers.remove(e);
+                r.presenters.remove(e);
+                r.members.remove(e);
+            }
+            true
+        }
+        Change::PutPolicy(name, enabled) => {
+            dir.policies.insert(name, enabled);
+            false
+        }
+        Change::PutCategory(c) => {
+            if let Some(old) = dir.categories.get(&c.id) {
+                dir.names.remove(&name_key(&old.name));
+            }
+            dir.names
+                .insert(name_key(&c.name), NameOwner::Category(c.id));
+            dir.categories.insert(c.id, c);
+            false
+        }
+        Change::DeleteCategory(id) => {
+            if let Some(old) = dir.categories.remove(&id) {
+                dir.names.remove(&name_key(&old.name));
+            }
+            false
+        }
+        Change::PutRoom(r) => {
+            if let Some(old) = dir.rooms.get(&r.id) {
+                dir.names.remove(&name_key(&old.name));
+            }
+            dir.names.insert(name_key(&r.name), NameOwner::Room(r.id));
+            dir.rooms.insert(r.id, r);
+            false
+        }
+        Change::DeleteRoom(id) => {
+            if let Some(old) = dir.rooms.remove(&id) {
+                dir.names.remove(&name_key(&old.name));
+            }
+            false
+        }
+        Change::PutSetting(..) | Change::PutAddin(..) | Change::DeleteAddin(..) => false,
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Per-user token buckets: one for all requests, one for posts (PC-2.3).
+struct RateLimiter {
+    request: (f64, f64),
+    post: (f64, f64),
+    buckets: Mutex<HashMap<UserId, Buckets>>,
+}
+
+struct Buckets {
+    request: f64,
+    post: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    fn new(cfg: &Config) -> RateLimiter {
+        RateLimiter {
+            request: (
+                cfg.limits.request_rate_per_s,
+                cfg.limits.request_burst as f64,
+            ),
+            post: (cfg.limits.post_rate_per_s, cfg.limits.post_burst as f64),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token; on refusal, how long until one is available.
+    fn charge(&self, user: UserId, post: bool) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut all = self.buckets.lock().expect("rate limiter lock poisoned");
+        let b = all.entry(user).or_insert(Buckets {
+            request: self.request.1,
+            post: self.post.1,
+            at: now,
+        });
+        let dt = now.duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.request = (b.request + dt * self.request.0).min(self.request.1);
+        b.post = (b.post + dt * self.post.0).min(self.post.1);
+        if b.request < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - b.request) / self.request.0));
+        }
+        if post && b.post < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - b.post) / self.post.0));
+        }
+        b.request -= 1.0;
+        if post {
+            b.post -= 1.0;
+        }
+        Ok(())
+    }
+}

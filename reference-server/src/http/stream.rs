@@ -1,0 +1,357 @@
+//! The event stream: one WebSocket per endpoint (PC-9).
+//!
+//! Each connection is one task that owns its socket and selects over: the
+//! close signal (replaced, slow consumer, user disabled), server shutdown, its
+//! outbound queue, frames from the client, and the heartbeat. It keeps, per
+//! joined room, the last sequence number it delivered, which makes delivery
+//! exactly-once and gap-free whatever the races around joining and resuming:
+//! a message at or below that number is dropped, and a message beyond the
+//! next one is preceded by the missing ones read from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use pchat_protocol::{self as wire, close, ErrorCode, RemovedReason};
+use serde::Deserialize;
+
+use super::{Auth, Query};
+use crate::app::{views, App, Caller};
+use crate::domain::RoomId;
+use crate::error::{ApiError, ApiResult};
+use crate::hub::{to_frame, Outbound, Session};
+use crate::store::Slice;
+
+/// A send that takes longer than this means the client is not reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most resume entries one connection may name.
+const MAX_RESUME: usize = 1000;
+/// Page size of gap-filling reads.
+const CATCHUP_PAGE: usize = 500;
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    endpoint: Option<String>,
+    resume: Option<String>,
+    /// Read by the `Auth` extractor; listed so it is not an unknown parameter.
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+fn parse_resume(raw: Option<&str>) -> ApiResult<HashMap<RoomId, u64>> {
+    let bad = || ApiError::invalid("resume", "resume is a comma-separated list of <room>:<seq>");
+    let mut out = HashMap::new();
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(out);
+    };
+    for item in raw.split(',') {
+        let (room, seq) = item.split_once(':').ok_or_else(bad)?;
+        let room: u64 = room.trim().parse().map_err(|_| bad())?;
+        let seq: u64 = seq.trim().parse().map_err(|_| bad())?;
+        out.insert(RoomId(room as i64), seq);
+    }
+    if out.len() > MAX_RESUME {
+        return Err(ApiError::invalid(
+            "resume",
+            format!("at most {MAX_RESUME} resume entries"),
+        ));
+    }
+    Ok(out)
+}
+
+/// `GET /v1/stream`.
+pub async fn stream(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Query(q): Query<StreamQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let endpoint = q
+        .endpoint
+        .ok_or_else(|| ApiError::invalid("endpoint", "endpoint is required"))?;
+    crate::app::check_endpoint(&endpoint)?;
+    let resume = parse_resume(q.resume.as_deref())?;
+    let ws =
+        ws.map_err(|r| ApiError::invalid("upgrade", format!("expected a WebSocket upgrade: {r}")))?;
+    if app.metrics.connections.get() as usize >= app.config.limits.max_connections {
+        let mut e = ApiError::new(
+            ErrorCode::Busy,
+            "the server holds as many streams as it may",
+        );
+        e.retry_after_ms = Some(5000);
+        return Err(e);
+    }
+    // Sessions count whether connected or lingering (PC-9.1).
+    let (exists, count) = app.hub.sessions_of(caller.id, &endpoint);
+    if !exists && count >= app.config.limits.max_endpoints_per_user {
+        return Err(ApiError::new(
+            ErrorCode::TooManyEndpoints,
+            "too many endpoints for this user",
+        ));
+    }
+    let session = app.hub.session(caller.id, &caller.name, &endpoint);
+    let s = &app.config.stream;
+    let ws = ws
+        .read_buffer_size(s.read_buffer_bytes)
+        .write_buffer_size(s.write_buffer_bytes)
+        .max_write_buffer_size(s.write_buffer_bytes.max(64 * 1024) * 4)
+        .max_message_size(s.max_client_frame_bytes)
+        .max_frame_size(s.max_client_frame_bytes);
+    Ok(ws.on_upgrade(move |socket| async move {
+        Connection::run(app, caller, session, resume, socket).await;
+    }))
+}
+
+/// Why a connection ended.
+enum End {
+    /// Close with this code.
+    Close(u16, &'static str),
+    /// The peer is gone or broke the protocol at the transport level.
+    Gone,
+}
+
+struct Connection {
+    app: Arc<App>,
+    socket: WebSocket,
+    /// Per joined room: the last sequence number sent.
+    delivered: HashMap<RoomId, u64>,
+    last_heard: Instant,
+}
+
+impl Connection {
+    async fn run(
+        app: Arc<App>,
+        caller: Caller,
+        session: Arc<Session>,
+        resume: HashMap<RoomId, u64>,
+        socket: WebSocket,
+    ) {
+        let attached = app.hub.attach(&session);
+        app.metrics.connections.inc();
+        let conn = attached.conn.clone();
+        let mut rx = attached.rx;
+        let mut me = Connection {
+            app: app.clone(),
+            socket,
+            delivered: HashMap::new(),
+            last_heard: Instant::now(),
+        };
+        tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream connected");
+        let end = match me.start(&session, &attached.rooms, &resume).await {
+            Err(end) => end,
+            Ok(()) => me.serve(&mut rx, &conn.close).await,
+        };
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                me.socket.send(Message::Close(Some(frame))),
+            )
+            .await;
+        }
+        app.metrics.connections.dec();
+        app.hub.detach(&session, conn.id);
+        tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream ended");
+    }
+
+    async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(frame))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                self.app.metrics.slow_consumer_closes.inc();
+                Err(End::Close(close::SLOW_CONSUMER, "slow consumer"))
+            }
+        }
+    }
+
+    async fn send_event(&mut self, ev: &wire::Event) -> Result<(), End> {
+        self.send(to_frame(ev)).await
+    }
+
+    /// Sends `ready`, tells about resume entries for rooms not joined, and
+    /// replays what resumed rooms missed.
+    async fn start(
+        &mut self,
+        session: &Arc<Session>,
+        rooms: &[(RoomId, u64)],
+        resume: &HashMap<RoomId, u64>,
+    ) -> Result<(), End> {
+        let ready = wire::Event::Ready {
+            endpoint: session.endpoint.clone(),
+            rooms: rooms
+                .iter()
+                .map(|(r, l)| wire::JoinedRoom {
+                    room: r.0 as u64,
+                    last_seq: *l,
+                })
+                .collect(),
+        };
+        self.send_event(&ready).await?;
+        let mut stale: Vec<RoomId> = resume
+            .keys()
+            .filter(|r| !rooms.iter().any(|(j, _)| j == *r))
+            .copied()
+            .collect();
+        stale.sort();
+        for room in stale {
+            self.send_event(&wire::Event::Removed {
+                room: room.0 as u64,
+                reason: RemovedReason::NotJoined,
+            })
+            .await?;
+        }
+        for (room, last) in rooms {
+            match resume.get(room) {
+                Some(cursor) if cursor < last => {
+                    self.delivered.insert(*room, *cursor);
+                    self.fill(*room, *last).await?;
+                }
+                _ => {
+                    self.delivered.insert(*room, *last);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends, from the store, every message of `room` after the last
+    /// delivered one up to and including `upto`.
+    async fn fill(&mut self, room: RoomId, upto: u64) -> Result<(), End> {
+        loop {
+            let from = self.delivered.get(&room).copied().unwrap_or(upto);
+            if from >= upto {
+                return Ok(());
+            }
+            let (rows, _) = match self
+                .app
+                .store
+                .messages(room, Slice::Between(from, upto), CATCHUP_PAGE)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "catch-up read failed");
+                    return Err(End::Close(close::GOING_AWAY, "store unavailable"));
+                }
+            };
+            if rows.is_empty() {
+                // The rest are unreadable (history off, removed): nothing to send.
+                self.delivered.insert(room, upto);
+                return Ok(());
+            }
+            for m in &rows {
+                self.send(to_frame(&wire::Event::Message(views::message(m))))
+                    .await?;
+                self.app.metrics.catchup_messages.inc();
+                self.delivered.insert(room, m.seq);
+            }
+            if rows.len() < CATCHUP_PAGE {
+                self.delivered.insert(room, upto);
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+        close_signal: &crate::hub::CloseSignal,
+    ) -> End {
+        let cfg = &self.app.config.stream;
+        let timeout = Duration::from_secs(cfg.heartbeat_timeout_s);
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_secs(cfg.heartbeat_interval_s.max(1)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            let step: Result<(), End> = tokio::select! {
+                biased;
+                _ = close_signal.fired() => {
+                    let code = close_signal.code();
+                    let reason = match code {
+                        close::REPLACED => "replaced by a newer connection",
+                        close::SLOW_CONSUMER => "slow consumer",
+                        close::UNAUTHENTICATED => "no longer authenticated",
+                        close::POLICY_DISABLED => "policy disabled",
+                        _ => "closed",
+                    };
+                    Err(End::Close(code, reason))
+                }
+                _ = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                item = rx.recv() => match item {
+                    None => Err(End::Close(close::SLOW_CONSUMER, "slow consumer")),
+                    Some(item) => self.outbound(item).await,
+                },
+                frame = self.socket.recv() => match frame {
+                    None | Some(Err(_)) => Err(End::Gone),
+                    Some(Ok(Message::Close(_))) => Err(End::Close(close::NORMAL, "bye")),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        self.last_heard = Instant::now();
+                        Ok(())
+                    }
+                    Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                        Err(End::Close(close::UNSUPPORTED_DATA, "clients send no data frames in v1"))
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if self.last_heard.elapsed() > timeout {
+                        self.app.metrics.heartbeat_timeouts.inc();
+                        Err(End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"))
+                    } else {
+                        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Ping(Default::default()))).await {
+                            Ok(Ok(())) => Ok(()),
+                            _ => Err(End::Gone),
+                        }
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn outbound(&mut self, item: Outbound) -> Result<(), End> {
+        match item {
+            Outbound::Message { room, seq, frame } => {
+                let Some(done) = self.delivered.get(&room).copied() else {
+                    return Ok(());
+                };
+                if seq <= done {
+                    return Ok(());
+                }
+                if seq > done + 1 {
+                    self.fill(room, seq - 1).await?;
+                }
+                self.send(frame).await?;
+                self.delivered.insert(room, seq);
+                Ok(())
+            }
+            Outbound::Frame(frame) => self.send(frame).await,
+            Outbound::Joined { room, upto } => {
+                self.delivered.insert(room, upto);
+                Ok(())
+            }
+            Outbound::Left { room, reason } => {
+                self.delivered.remove(&room);
+                match reason {
+                    Some(reason) => {
+                        self.send_event(&wire::Event::Removed {
+                            room: room.0 as u64,
+                            reason,
+                        })
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The pchat reference server: persistent chat rooms on an embedded SQLite
+//! store, speaking the protocol of `docs/protocol.md`.
+//!
+//! Modules, each with one job, data flowing downwards:
+//!
+//! - [`config`]: the operator's TOML file and `PCHAT_*` overrides;
+//! - [`http`]: routes, extractors and the WebSocket event stream;
+//! - [`app`]: one method per protocol operation;
+//! - [`domain`]: records and the access rules (pure functions);
+//! - [`hub`]: live sessions, participants, presence and fan-out;
+//! - [`store`]: the persistence trait and its SQLite implementation;
+//! - [`compliance`]: moving and exporting compliance records;
+//! - [`auth`]: tokens and password hashes; [`fscheck`]: data directory checks;
+//! - [`metrics`]: Prometheus metrics; [`error`]: the protocol error type.
+//!
+//! A test or an embedding program starts a server on a port of its choice:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut config = reference_server::config::Config::default();
+//! config.listen = "127.0.0.1:0".parse()?;
+//! config.data_dir = "/tmp/pchat-demo".into();
+//! let server = reference_server::start(config).await?;
+//! println!("listening on {}", server.addr);
+//! server.stop().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod app;
+pub mod auth;
+pub mod compliance;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod fscheck;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::Store;
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops gracefully: no new requests, acknowledged work finished, store flushed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (its shutdown token fired).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds `config.listen` and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    start_on(listener, config, CancellationToken::new()).await
+}
+
+/// Starts serving on an already bound listener; `shutdown` stops it.
+pub async fn start_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    fscheck::check_data_dir(&config.data_dir)?;
+    let keys =
+        Keys::load_or_create(&config.data_dir).context("cannot load or create the signing key")?;
+    let metrics = Arc::new(Metrics::new());
+    let (commits_tx, commits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut opts = SqliteOptions::in_dir(&config.data_dir);
+    opts.synchronous = config.store.synchronous;
+    opts.readers = config.store.readers;
+    opts.max_batch = config.store.max_batch;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            opts,
+            commits_tx,
+            metrics.store_pending.clone(),
+            metrics.publish_pending.clone(),
+        )
+        .context("cannot open the store")?,
+    );
+    let snapshot = store.load().await.context("cannot load the directory")?;
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = App::new(
+        config,
+        store.clone(),
+        snapshot,
+        keys,
+        metrics.clone(),
+        shutdown.clone(),
+        notes_tx,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+    let addr = listener.local_addr()?;
+
+    let publisher = tokio::spawn(app::run_publisher(
+        app.hub.clone(),
+        metrics.clone(),
+        commits_rx,
+    ));
+    tokio::spawn(app.clone().run_presence_recorder(notes_rx));
+    let pump = tokio::spawn(compliance::run_pump(app.clone()));
+    tokio::spawn(compliance::run_exporter(app.clone()));
+
+    let router = http::router(app.clone());
+    let task = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "serving");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await?;
+            // Streams saw the shutdown token and are closing; give them a moment.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while app.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = pump.await;
+            store.close().await?;
+            let _ = publisher.await;
+            tracing::info!("stopped");
+            Ok(())
+        })
+    };
+    Ok(Running {
+        addr,
+        app,
+        shutdown,
+        task,
+    })
+}
