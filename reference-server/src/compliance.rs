@@ -94,6 +94,7 @@ pub async fn run_exporter(app: Arc<App>) {
 
 /// Pumps and exports everything pending now.
 pub async fn export_now(app: &App) -> anyhow::Result<Exported> {
+    app.hub.flush_notes().await;
     drain(app).await;
     let dir = app.config.export_dir();
     fs::create_dir_all(&dir)?;

@@ -168,7 +168,19 @@ pub struct Hub {
     queue: usize,
     /// Where (room, user name, joined) is reported when a user's presence in
     /// a room begins or ends, for the compliance record.
-    notes: Option<mpsc::UnboundedSender<(RoomId, String, bool)>>,
+    notes: Option<mpsc::UnboundedSender<Note>>,
+}
+
+/// A message to the compliance recorder of participant changes.
+pub enum Note {
+    /// A user's presence in a room began (`joined`) or ended.
+    Participant {
+        room: RoomId,
+        user: String,
+        joined: bool,
+    },
+    /// Answered once every note sent before it has been recorded.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What a new connection starts from.
@@ -186,7 +198,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         linger: Duration,
         queue: usize,
-        notes: Option<mpsc::UnboundedSender<(RoomId, String, bool)>>,
+        notes: Option<mpsc::UnboundedSender<Note>>,
     ) -> Hub {
         Hub {
             rooms: RwLock::new(HashMap::new()),
@@ -538,7 +550,23 @@ impl Hub {
 
     fn note(&self, room: RoomId, user: &str, joined: bool) {
         if let Some(n) = &self.notes {
-            let _ = n.send((room, user.to_owned(), joined));
+            let _ = n.send(Note::Participant {
+                room,
+                user: user.to_owned(),
+                joined,
+            });
+        }
+    }
+
+    /// Waits until every participant change noted so far is recorded, so a
+    /// join or leave is answered only after its compliance record is durable.
+    pub async fn flush_notes(&self) {
+        if let Some(n) = &self.notes {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if n.send(Note::Flush(tx)).is_ok() {
+                // An error means the recorder stopped (shutdown): nothing to wait for.
+                let _ = rx.await;
+            }
         }
     }
 

@@ -100,7 +100,7 @@ impl App {
         keys: Keys,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-        notes: tokio::sync::mpsc::UnboundedSender<(RoomId, String, bool)>,
+        notes: tokio::sync::mpsc::UnboundedSender<crate::hub::Note>,
     ) -> ApiResult<Arc<App>> {
         let hub = Arc::new(Hub::new(
             metrics.clone(),
@@ -273,9 +273,17 @@ impl App {
     /// Records the participant joins and parts the hub reports (PC-14.2).
     pub async fn run_presence_recorder(
         self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<(RoomId, String, bool)>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::hub::Note>,
     ) {
-        while let Some((room, user, joined)) = rx.recv().await {
+        use crate::hub::Note;
+        while let Some(note) = rx.recv().await {
+            let (room, user, joined) = match note {
+                Note::Participant { room, user, joined } => (room, user, joined),
+                Note::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let name = self
                 .dir()
                 .rooms

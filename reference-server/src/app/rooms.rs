@@ -596,6 +596,8 @@ impl App {
             ev.detail = Some(format!("join loaded seq {}..={}", first.seq, last.seq));
             self.comply(vec![ev]).await?;
         }
+        // The JOIN record is durable before the join is answered.
+        self.hub.flush_notes().await;
         Ok(wire::Joined {
             room: summary,
             last_seq: upto,
@@ -607,7 +609,12 @@ impl App {
     }
 
     /// `POST /v1/rooms/{id}/leave`.
-    pub fn leave(&self, caller: &Caller, room: RoomId, req: wire::LeaveRoom) -> ApiResult<()> {
+    pub async fn leave(
+        &self,
+        caller: &Caller,
+        room: RoomId,
+        req: wire::LeaveRoom,
+    ) -> ApiResult<()> {
         check_endpoint(&req.endpoint)?;
         let session = self.hub.find_session(caller.id, &req.endpoint);
         let Some(session) = session.filter(|s| s.rooms().contains(&room)) else {
@@ -618,6 +625,9 @@ impl App {
         };
         let limit = self.settings().service.participant_update_limit as usize;
         self.hub.unsubscribe(room, &session, None, limit);
+        // The PART record, if this ended the user's presence, is durable
+        // before the leave is answered.
+        self.hub.flush_notes().await;
         Ok(())
     }
 

@@ -340,7 +340,7 @@ async fn leave(
     Path(room): Path<String>,
     Json(req): Json<wire::LeaveRoom>,
 ) -> ApiResult<Response> {
-    app.leave(&c, room_id(&room)?, req)?;
+    app.leave(&c, room_id(&room)?, req).await?;
     Ok(no_content())
 }
 

@@ -11,7 +11,7 @@
 //! The compliance database is a second SQLite file. Compliance events are first
 //! written to an outbox table in the chat database, in the same transaction as
 //! the change they record, and then moved to the compliance database
-//! (`INSERT OR IGNORE` by outbox id, then delete from the outbox), so each
+//! (only ids above the highest already taken, then delete from the outbox), so each
 //! event lands there exactly once even across a crash.
 
 use std::collections::HashMap;
@@ -100,14 +100,20 @@ CREATE INDEX IF NOT EXISTS invitations_pending ON invitations(user_id) WHERE del
 CREATE TABLE IF NOT EXISTS addins(name TEXT PRIMARY KEY, url TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS compliance_outbox(
-    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, room_id INTEGER, room_name TEXT,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, kind TEXT NOT NULL, room_id INTEGER, room_name TEXT,
     user_name TEXT NOT NULL, seq INTEGER, text TEXT, detail TEXT);
 "#;
 
+// Outbox ids are AUTOINCREMENT so that they are never reused once pumped
+// and deleted; the compliance database remembers the highest id it has taken
+// (`pumped`), so a pump repeated after a crash, even after an export has
+// already deleted the events, never records an event twice.
 const COMPLIANCE_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, room_id INTEGER, room_name TEXT,
     user_name TEXT NOT NULL, seq INTEGER, text TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS pumped(one INTEGER PRIMARY KEY CHECK (one = 1), last_id INTEGER NOT NULL);
+INSERT OR IGNORE INTO pumped(one, last_id) VALUES (1, 0);
 "#;
 
 /// The embedded SQLite store.
@@ -373,11 +379,13 @@ impl Store for SqliteStore {
             let mut conn = db.lock().expect("compliance db lock poisoned");
             let tx = conn.transaction()?;
             {
+                let last: i64 =
+                    tx.query_row("SELECT last_id FROM pumped WHERE one = 1", [], |r| r.get(0))?;
                 let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO events(id, at, kind, room_id, room_name, user_name, seq, text, detail)
+                    "INSERT INTO events(id, at, kind, room_id, room_name, user_name, seq, text, detail)
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?;
-                for r in &pending {
+                for r in pending.iter().filter(|r| r.id > last) {
                     let e = &r.event;
                     st.execute(params![
                         r.id,
@@ -391,6 +399,8 @@ impl Store for SqliteStore {
                         e.detail
                     ])?;
                 }
+                let top = pending.iter().map(|r| r.id).max().unwrap_or(last).max(last);
+                tx.execute("UPDATE pumped SET last_id = ? WHERE one = 1", [top])?;
             }
             tx.commit()?;
             Ok(())
