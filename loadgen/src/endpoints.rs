@@ -1,0 +1,324 @@
+//! The lean connection pool: one tokio task per simulated endpoint holding
+//! its event stream, recording every message it receives.
+//!
+//! goose is not built to hold tens of thousands of long-lived sockets, so the
+//! streams live here, beside goose's users in the same process. A stream that
+//! closes is reopened with `resume` from the last sequence number seen in each
+//! joined room (PC-9.4b), so the checker can hold the server to "nothing lost,
+//! nothing duplicated" across reconnects too.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Recorder;
+
+/// What one endpoint saw of one room.
+#[derive(Debug, Default, Clone)]
+pub struct RoomView {
+    /// The `last_seq` its first join answered: everything above it is owed.
+    pub base: Option<u64>,
+    /// Highest sequence number known (from the stream or a join answer).
+    pub max_seen: u64,
+    /// Sequence numbers delivered on the stream, in arrival order.
+    pub delivered: Vec<u64>,
+    /// Sequence numbers that arrived in join answers (history), not counted
+    /// as deliveries.
+    pub via_join: Vec<u64>,
+    /// Currently joined (between a join answer and a leave).
+    pub joined: bool,
+}
+
+/// One endpoint's record, keyed by room index of the workload.
+#[derive(Debug, Default)]
+pub struct EndpointLog {
+    pub rooms: HashMap<u32, RoomView>,
+    /// Stream (re)connections after the first, and why the stream ended.
+    pub reconnects: u64,
+    pub closes: Vec<String>,
+}
+
+/// Shared state of one endpoint: its log is written by the stream task and
+/// by goose users that make it leave and rejoin rooms.
+pub struct Endpoint {
+    pub user: u32,
+    pub index: u8,
+    pub name: String,
+    pub log: Mutex<EndpointLog>,
+    /// Set once the stream has received its `ready` frame.
+    pub connected: std::sync::atomic::AtomicBool,
+}
+
+impl Endpoint {
+    pub fn new(user: u32, index: u8) -> Endpoint {
+        Endpoint {
+            user,
+            index,
+            name: format!("e{index}"),
+            log: Mutex::new(EndpointLog::default()),
+            connected: false.into(),
+        }
+    }
+
+    pub fn log(&self) -> std::sync::MutexGuard<'_, EndpointLog> {
+        // The log holds plain data; a panic mid-update cannot break it.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Intended send times of the run's posts, in microseconds since the run's
+/// epoch (`u64::MAX`: not sent yet), indexed by post number.
+pub struct PostTimes {
+    pub epoch: Instant,
+    times: Vec<AtomicU64>,
+}
+
+impl PostTimes {
+    pub fn new(epoch: Instant, posts: usize) -> PostTimes {
+        PostTimes {
+            epoch,
+            times: (0..posts).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+
+    pub fn set(&self, post: u32, intended: Instant) {
+        if let Some(t) = self.times.get(post as usize) {
+            let us = intended.saturating_duration_since(self.epoch).as_micros() as u64;
+            t.store(us, Ordering::Release);
+        }
+    }
+
+    /// Microseconds from the post's intended send time to now.
+    pub fn since(&self, post: u32) -> Option<u64> {
+        let t = self.times.get(post as usize)?.load(Ordering::Acquire);
+        (t != u64::MAX).then(|| (self.epoch.elapsed().as_micros() as u64).saturating_sub(t))
+    }
+}
+
+/// The text of a generated post: carries the post number (for delivery
+/// latency) and a search term.
+pub fn post_text(post: u32, term: u32) -> String {
+    format!("lg {post} w{term} persistent chat load message")
+}
+
+fn post_number(text: &str) -> Option<u32> {
+    text.strip_prefix("lg ")?.split(' ').next()?.parse().ok()
+}
+
+/// The parts of a stream frame the generator reads; everything else is
+/// skipped without allocating.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    room: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reason: Option<&'a str>,
+}
+
+/// What the stream tasks share.
+pub struct Pool {
+    pub base: String,
+    pub dest: SocketAddr,
+    pub recorder: Arc<Recorder>,
+    pub posts: Arc<PostTimes>,
+    /// Server room id to workload room index.
+    pub room_index: HashMap<u64, u32>,
+    /// Workload room index to server room id.
+    pub room_ids: Vec<u64>,
+    pub stop: CancellationToken,
+    /// Streams currently open.
+    pub open: AtomicU64,
+}
+
+/// Runs one endpoint's stream until `pool.stop` fires. `slot` picks the
+/// source address. Returns when stopped.
+pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot: usize) {
+    let source = crate::net::source_for(pool.dest.ip(), slot);
+    let mut first = true;
+    let mut backoff = Duration::from_millis(100);
+    while !pool.stop.is_cancelled() {
+        let resume: Vec<(u64, u64)> = {
+            let log = ep.log();
+            log.rooms
+                .iter()
+                .filter(|(_, v)| v.joined)
+                .map(|(r, v)| (pool.room_ids[*r as usize], v.max_seen))
+                .collect()
+        };
+        let started = Instant::now();
+        let connect =
+            crate::net::connect_stream(&pool.base, pool.dest, &token, &ep.name, &resume, source);
+        let ws = tokio::select! {
+            r = connect => r,
+            _ = pool.stop.cancelled() => return,
+        };
+        let mut ws = match ws {
+            Ok(ws) => ws,
+            Err(e) => {
+                pool.recorder.failed("connect", &connect_error(&e));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = pool.stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        pool.recorder
+            .ok("connect", started.elapsed().as_micros() as u64);
+        if !first {
+            ep.log().reconnects += 1;
+        }
+        first = false;
+        backoff = Duration::from_millis(100);
+        pool.open.fetch_add(1, Ordering::Relaxed);
+        let why = read_stream(&pool, &ep, &mut ws).await;
+        pool.open.fetch_sub(1, Ordering::Relaxed);
+        ep.connected.store(false, Ordering::Release);
+        match why {
+            None => {
+                // Stopped: close politely, briefly.
+                let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                return;
+            }
+            Some(reason) => {
+                pool.recorder.failed("stream", &reason);
+                ep.log().closes.push(reason);
+            }
+        }
+    }
+}
+
+fn connect_error(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("Address already in use") || text.contains("Cannot assign requested address") {
+        "ports_exhausted".into()
+    } else if text.contains("Too many open files") {
+        "fd_limit".into()
+    } else if text.contains("429") {
+        "rate_limited".into()
+    } else if text.contains("503") {
+        "busy".into()
+    } else {
+        "connect".into()
+    }
+}
+
+/// Reads frames until the stream ends (Some(reason)) or the run stops (None).
+async fn read_stream(pool: &Pool, ep: &Endpoint, ws: &mut crate::net::Ws) -> Option<String> {
+    loop {
+        let frame = tokio::select! {
+            f = ws.next() => f,
+            _ = pool.stop.cancelled() => return None,
+        };
+        match frame {
+            None => return Some("closed:eof".into()),
+            Some(Err(e)) => return Some(format!("closed:{}", short_ws_error(&e))),
+            Some(Ok(WsMessage::Text(text))) => on_frame(pool, ep, text.as_str()),
+            Some(Ok(WsMessage::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                return Some(format!("closed:{code}"));
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::ConnectionClosed | E::AlreadyClosed => "eof",
+        E::Io(_) => "io",
+        E::Protocol(_) => "protocol",
+        E::Capacity(_) => "capacity",
+        _ => "error",
+    }
+}
+
+fn on_frame(pool: &Pool, ep: &Endpoint, text: &str) {
+    let Ok(f) = serde_json::from_str::<Frame<'_>>(text) else {
+        pool.recorder.failed("stream", "bad_frame");
+        return;
+    };
+    match f.kind {
+        "ready" => ep.connected.store(true, Ordering::Release),
+        "message" => {
+            let (Some(room_id), Some(seq)) = (f.room, f.seq) else {
+                pool.recorder.failed("stream", "bad_frame");
+                return;
+            };
+            let Some(&room) = pool.room_index.get(&room_id) else {
+                return;
+            };
+            {
+                let mut log = ep.log();
+                let v = log.rooms.entry(room).or_default();
+                v.delivered.push(seq);
+                v.max_seen = v.max_seen.max(seq);
+            }
+            if let Some(us) = f
+                .text
+                .as_deref()
+                .and_then(post_number)
+                .and_then(|p| pool.posts.since(p))
+            {
+                pool.recorder.ok("delivery", us);
+            }
+        }
+        "removed" => {
+            if let Some(room) = f.room.and_then(|r| pool.room_index.get(&r)) {
+                let mut log = ep.log();
+                log.rooms.entry(*room).or_default().joined = false;
+                log.closes
+                    .push(format!("removed:{}", f.reason.unwrap_or("?")));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Records a join answer into an endpoint's log: the first join of a room
+/// fixes what the endpoint is owed; history is kept apart from deliveries.
+pub fn record_join(ep: &Endpoint, room: u32, last_seq: u64, history: &[u64]) {
+    let mut log = ep.log();
+    let v = log.rooms.entry(room).or_default();
+    if v.base.is_none() {
+        v.base = Some(last_seq);
+    } else {
+        for &s in history {
+            if s > v.max_seen || !v.delivered.contains(&s) {
+                v.via_join.push(s);
+            }
+        }
+    }
+    v.max_seen = v.max_seen.max(last_seq);
+    v.joined = true;
+}
+
+/// Marks a room left (the stream owes nothing until the next join).
+pub fn record_leave(ep: &Endpoint, room: u32) {
+    ep.log().rooms.entry(room).or_default().joined = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_numbers_round_trip_through_the_text() {
+        assert_eq!(post_number(&post_text(4711, 3)), Some(4711));
+        assert_eq!(post_number("hello"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! Lean client sockets: event streams with small buffers, spread over several
+//! loopback source addresses, and the process limits that bound them.
+//!
+//! tokio-tungstenite's default buffers (128 KiB read, 128 KiB write) would cost
+//! gigabytes at the tens of thousands of streams a sizing run holds; here a
+//! stream reads through a 4 KiB buffer and writes at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{bail, Context};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+/// An event stream as the load generator holds it.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Connections one (source address, destination) pair can hold before the
+/// ephemeral port range (32768-60999 here) runs out, with a margin.
+pub const PORTS_PER_SOURCE: usize = 25_000;
+
+/// Raises this process's open-file limit to its hard limit and returns
+/// (soft, hard) afterwards.
+pub fn raise_fd_limit() -> (u64, u64) {
+    // Failure leaves the old limit; the caller reports what it got.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0))
+}
+
+/// The loopback source address for the `index`-th connection to one
+/// destination: 127.0.0.1 for the first [`PORTS_PER_SOURCE`], then
+/// 127.0.0.2, and so on. `None` when the destination is not on loopback
+/// (the operating system then picks the source).
+pub fn source_for(dest: IpAddr, index: usize) -> Option<IpAddr> {
+    match dest {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let n = (index / PORTS_PER_SOURCE) as u8;
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n)))
+        }
+        _ => None,
+    }
+}
+
+/// Opens the event stream of `endpoint` on the server at `base`
+/// (`http://host:port`), from `source` when given.
+pub async fn connect_stream(
+    base: &str,
+    dest: SocketAddr,
+    token: &str,
+    endpoint: &str,
+    resume: &[(u64, u64)],
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
+    let ws_base = base.replacen("http", "ws", 1);
+    let mut url = format!("{ws_base}/v1/stream?endpoint={endpoint}");
+    if !resume.is_empty() {
+        let list: Vec<String> = resume.iter().map(|(r, s)| format!("{r}:{s}")).collect();
+        url.push_str("&resume=");
+        url.push_str(&list.join(","));
+    }
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("token is not a header value")?,
+    );
+    let socket = match dest {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(src) = source {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .with_context(|| format!("bind source address {src}"))?;
+    }
+    let tcp = socket
+        .connect(dest)
+        .await
+        .with_context(|| format!("connect to {dest}"))?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (ws, resp) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+        .await
+        .context("websocket handshake")?;
+    if resp.status().as_u16() != 101 {
+        bail!("stream refused: {}", resp.status());
+    }
+    Ok(ws)
+}
+
+/// Resolves `base` (`http://host:port`) to a socket address.
+pub async fn resolve(base: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = base
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolve {hostport}"))?
+        .next()
+        .with_context(|| format!("{hostport} has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_move_to_the_next_loopback_address_when_ports_run_out() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(source_for(lo, 0), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            source_for(lo, PORTS_PER_SOURCE - 1),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            source_for(lo, PORTS_PER_SOURCE),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(source_for("10.0.0.5".parse().unwrap(), 99_999), None);
+    }
+}

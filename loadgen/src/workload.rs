@@ -1,0 +1,373 @@
+//! The concrete deployment a run drives: simulated users with their
+//! endpoints and rooms, and rooms with their class, lists and post rate.
+//!
+//! A workload is derived from a scaled plan of the user model and a seed;
+//! it turns into the admin API's provisioning document, so that the server
+//! holds exactly the directory the simulated users expect.
+
+use serde_json::{json, Value};
+
+/// Room classes of the user model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Class {
+    Small,
+    Medium,
+    Large,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Small => "small",
+            Class::Medium => "medium",
+            Class::Large => "large",
+        }
+    }
+}
+
+/// One simulated user.
+#[derive(Clone, Debug)]
+pub struct SimUser {
+    pub name: String,
+    /// Connected endpoints (1 or 2 in the vendor's model).
+    pub endpoints: u8,
+    /// Indices into [`Workload::rooms`] this user joins on every endpoint.
+    pub rooms: Vec<u32>,
+}
+
+/// One room.
+#[derive(Clone, Debug)]
+pub struct SimRoom {
+    pub name: String,
+    pub class: Class,
+    pub open: bool,
+    pub auditorium: bool,
+    /// Users who join it (indices into [`Workload::users`]).
+    pub members: Vec<u32>,
+    /// Members listed directly; the others are on the list through groups.
+    pub direct: Vec<u32>,
+    /// Groups on the member list, each a slice of the members.
+    pub groups: Vec<Vec<u32>>,
+    /// Who may post: every member, or the presenters of an auditorium.
+    pub posters: Vec<u32>,
+    pub managers: Vec<u32>,
+    /// Mean posts per second into this room.
+    pub post_rate_per_s: f64,
+}
+
+/// Rates of the operations besides posting, for the whole deployment.
+#[derive(Clone, Debug, Default)]
+pub struct Rates {
+    pub joins_per_s: f64,
+    pub presence_per_s: f64,
+    pub participant_polls_per_s: f64,
+    pub history_reads_per_s: f64,
+    pub searches_per_s: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub users: Vec<SimUser>,
+    pub rooms: Vec<SimRoom>,
+    pub rates: Rates,
+    /// Messages a join loads (the service configuration's messages_on_join).
+    pub messages_on_join: u32,
+    /// A prefix that keeps this run's names apart from anything else on the
+    /// server (runs may share an external target).
+    pub namespace: String,
+}
+
+impl Workload {
+    pub fn endpoints(&self) -> u64 {
+        self.users.iter().map(|u| u.endpoints as u64).sum()
+    }
+
+    /// Joined (endpoint, room) pairs: what the event streams subscribe to.
+    pub fn subscriptions(&self) -> u64 {
+        self.users
+            .iter()
+            .map(|u| u.endpoints as u64 * u.rooms.len() as u64)
+            .sum()
+    }
+
+    /// Access control entries the provisioning document creates.
+    pub fn access_control_entries(&self) -> u64 {
+        self.rooms
+            .iter()
+            .map(|r| {
+                let presenters = if r.auditorium { r.posters.len() } else { 0 };
+                (r.managers.len() + r.direct.len() + r.groups.len() + presenters) as u64
+            })
+            .sum()
+    }
+
+    /// The `POST /v1/admin/provision` document (PC-13.9a) for this workload.
+    pub fn provision_doc(&self) -> Value {
+        let ns = &self.namespace;
+        let user = |i: &u32| format!("user:{}", self.users[*i as usize].name);
+        let mut groups = Vec::new();
+        let mut rooms = Vec::with_capacity(self.rooms.len());
+        for (ri, r) in self.rooms.iter().enumerate() {
+            let mut members: Vec<String> = Vec::new();
+            if !r.open {
+                members.extend(r.direct.iter().map(user));
+                for (gi, g) in r.groups.iter().enumerate() {
+                    let name = format!("{ns}g{ri}-{gi}");
+                    groups.push(json!({
+                        "name": name,
+                        "members": g.iter().map(user).collect::<Vec<_>>(),
+                    }));
+                    members.push(format!("group:{name}"));
+                }
+            } else if r.auditorium {
+                // Presenters must be members, even of an open auditorium.
+                members.extend(r.posters.iter().map(user));
+            }
+            let mut room = json!({
+                "name": r.name,
+                "category": format!("{ns}chat"),
+                "description": format!("{} room {ri} of the load generator", r.class.name()),
+                "privacy": if r.open { "open" } else { "closed" },
+                "type": if r.auditorium { "auditorium" } else { "normal" },
+                "managers": r.managers.iter().map(user).collect::<Vec<_>>(),
+                "members": members,
+            });
+            if r.auditorium {
+                room["presenters"] = json!(r.posters.iter().map(user).collect::<Vec<_>>());
+            }
+            rooms.push(room);
+        }
+        json!({
+            "global_policy_enabled": true,
+            "users": self.users.iter().map(|u| json!({
+                "name": u.name,
+                "display_name": format!("Load user {}", u.name),
+            })).collect::<Vec<_>>(),
+            "groups": groups,
+            "categories": [{ "name": format!("{ns}chat"), "description": "load generator rooms" }],
+            "rooms": rooms,
+        })
+    }
+}
+
+/// The numbers of one room class at the run's scale (from the scaled plan).
+#[derive(Clone, Debug)]
+pub struct ClassSpec {
+    pub class: Class,
+    pub rooms: u64,
+    /// Users joined to each room.
+    pub size: u64,
+    pub rooms_per_user: u64,
+    /// Posts per second across all rooms of the class.
+    pub chat_rate_per_s: f64,
+    pub auditoriums: u64,
+    pub open: u64,
+    /// Fraction of a non-open room's members listed directly (the rest
+    /// through groups).
+    pub direct_fraction: f64,
+    pub groups_per_room: u64,
+    pub managers_per_room: u64,
+    pub presenters_per_auditorium: u64,
+}
+
+/// Everything needed to build a workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadSpec {
+    pub users: u64,
+    pub endpoints: u64,
+    pub classes: Vec<ClassSpec>,
+    pub rates: Rates,
+    pub messages_on_join: u32,
+}
+
+impl Workload {
+    /// Builds the concrete users and rooms of `spec`, drawing memberships
+    /// from `seed` (the same seed gives the same workload).
+    pub fn build(spec: &WorkloadSpec, namespace: &str, seed: u64) -> Workload {
+        use rand::seq::SliceRandom;
+        let mut rng = crate::schedule::rng(seed);
+        let n = spec.users.max(1) as usize;
+        let extra = spec.endpoints.saturating_sub(spec.users).min(spec.users) as usize;
+        let mut users: Vec<SimUser> = (0..n)
+            .map(|i| SimUser {
+                name: format!("{namespace}u{i}"),
+                endpoints: if i < extra { 2 } else { 1 },
+                rooms: Vec::new(),
+            })
+            .collect();
+        let mut rooms = Vec::new();
+        for c in &spec.classes {
+            if c.rooms == 0 {
+                continue;
+            }
+            let size = c.size.clamp(1, n as u64) as usize;
+            // Every user takes rooms_per_user seats; the shuffled seats are
+            // dealt to the rooms of the class, `size` each.
+            let mut seats: Vec<u32> = (0..n as u32)
+                .flat_map(|u| std::iter::repeat_n(u, c.rooms_per_user as usize))
+                .collect();
+            seats.shuffle(&mut rng);
+            let mut next = 0usize;
+            for r in 0..c.rooms as usize {
+                let mut members: Vec<u32> = Vec::with_capacity(size);
+                let mut set = std::collections::HashSet::with_capacity(size);
+                // Deal seats; when they run out (more room capacity than
+                // seats), fill from random users so every room has `size`.
+                while members.len() < size {
+                    let u = if next < seats.len() {
+                        next += 1;
+                        seats[next - 1]
+                    } else {
+                        use rand::Rng;
+                        rng.gen_range(0..n as u32)
+                    };
+                    if set.insert(u) {
+                        members.push(u);
+                    } else if set.len() >= n {
+                        break;
+                    }
+                }
+                let open = (r as u64) < c.open;
+                let auditorium = (r as u64) >= c.open && ((r as u64) - c.open) < c.auditoriums;
+                let index = rooms.len() as u32;
+                for &u in &members {
+                    users[u as usize].rooms.push(index);
+                }
+                let posters = if auditorium {
+                    members
+                        .iter()
+                        .take(c.presenters_per_auditorium.max(1) as usize)
+                        .copied()
+                        .collect()
+                } else {
+                    members.clone()
+                };
+                let (direct, groups) = if open {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let d = ((members.len() as f64) * c.direct_fraction).round() as usize;
+                    let d = if c.groups_per_room == 0 {
+                        members.len()
+                    } else {
+                        d
+                    };
+                    let rest = &members[d.min(members.len())..];
+                    let k = (c.groups_per_room as usize).clamp(1, rest.len().max(1));
+                    let groups: Vec<Vec<u32>> = if rest.is_empty() {
+                        Vec::new()
+                    } else {
+                        rest.chunks(rest.len().div_ceil(k))
+                            .map(<[u32]>::to_vec)
+                            .collect()
+                    };
+                    (members[..d.min(members.len())].to_vec(), groups)
+                };
+                let managers = members
+                    .iter()
+                    .rev()
+                    .take(c.managers_per_room as usize)
+                    .copied()
+                    .collect();
+                rooms.push(SimRoom {
+                    name: format!("{namespace}{}{r}", c.class.name()),
+                    class: c.class,
+                    open,
+                    auditorium,
+                    members,
+                    direct,
+                    groups,
+                    posters,
+                    managers,
+                    post_rate_per_s: c.chat_rate_per_s / c.rooms as f64,
+                });
+            }
+        }
+        Workload {
+            users,
+            rooms,
+            rates: spec.rates.clone(),
+            messages_on_join: spec.messages_on_join,
+            namespace: namespace.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(users: u64) -> WorkloadSpec {
+        WorkloadSpec {
+            users,
+            endpoints: users * 3 / 2,
+            classes: vec![
+                ClassSpec {
+                    class: Class::Small,
+                    rooms: users * 12 / 30,
+                    size: 30,
+                    rooms_per_user: 12,
+                    chat_rate_per_s: 1.0,
+                    auditoriums: 2,
+                    open: 3,
+                    direct_fraction: 0.5,
+                    groups_per_room: 3,
+                    managers_per_room: 6,
+                    presenters_per_auditorium: 6,
+                },
+                ClassSpec {
+                    class: Class::Large,
+                    rooms: 1,
+                    size: 16_000,
+                    rooms_per_user: 2,
+                    chat_rate_per_s: 0.1,
+                    auditoriums: 1,
+                    open: 0,
+                    direct_fraction: 0.0,
+                    groups_per_room: 10,
+                    managers_per_room: 6,
+                    presenters_per_auditorium: 6,
+                },
+            ],
+            rates: Rates::default(),
+            messages_on_join: 30,
+        }
+    }
+
+    #[test]
+    fn rooms_get_their_size_and_users_their_rooms() {
+        let w = Workload::build(&spec(600), "t-", 3);
+        assert_eq!(w.endpoints(), 900);
+        let small: Vec<&SimRoom> = w.rooms.iter().filter(|r| r.class == Class::Small).collect();
+        assert_eq!(small.len(), 240);
+        assert!(small.iter().all(|r| r.members.len() == 30));
+        // The large room is capped at the user count.
+        let large = w.rooms.iter().find(|r| r.class == Class::Large).unwrap();
+        assert_eq!(large.members.len(), 600);
+        assert!(large.auditorium && large.posters.len() == 6);
+        // Seats are dealt without repeats, so users hold about 12 small rooms.
+        let per_user: Vec<usize> = w.users.iter().map(|u| u.rooms.len()).collect();
+        let mean = per_user.iter().sum::<usize>() as f64 / per_user.len() as f64;
+        assert!((mean - 13.0).abs() < 0.5, "mean rooms per user {mean}");
+        // Closed rooms list half their members directly, the rest in groups.
+        let closed = small.iter().find(|r| !r.open && !r.auditorium).unwrap();
+        assert_eq!(closed.direct.len(), 15);
+        assert_eq!(closed.groups.iter().map(Vec::len).sum::<usize>(), 15);
+        let doc = w.provision_doc();
+        assert_eq!(doc["rooms"].as_array().unwrap().len(), w.rooms.len());
+    }
+
+    #[test]
+    fn the_same_seed_builds_the_same_workload() {
+        let a = Workload::build(&spec(300), "t-", 9);
+        let b = Workload::build(&spec(300), "t-", 9);
+        let c = Workload::build(&spec(300), "t-", 10);
+        let members = |w: &Workload| {
+            w.rooms
+                .iter()
+                .map(|r| r.members.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(members(&a), members(&b));
+        assert_ne!(members(&a), members(&c));
+    }
+}

@@ -1,0 +1,195 @@
+//! The measured outcome of one scenario run, as the load generator records it
+//! and the report renders it.
+//!
+//! This is a file format: `results.json` beside every report, read back by
+//! later runs to compare against. Fields are only ever added (with serde
+//! defaults); [`RESULTS_SCHEMA`] changes when a field changes meaning.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the results format written in [`RunResult::schema`].
+pub const RESULTS_SCHEMA: u32 = 1;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Always [`RESULTS_SCHEMA`] when written by this version.
+    pub schema: u32,
+    /// Scenario name (`quick`, `node-20k`, ...).
+    pub scenario: String,
+    /// One-line description from the scenario file.
+    #[serde(default)]
+    pub description: String,
+    /// The claim the scenario verifies, if any.
+    pub claim: Option<crate::Claim>,
+    /// The objective the verdicts were computed against.
+    pub slo: crate::Slo,
+    /// Seed of the schedule: the same seed gives the same schedule.
+    pub seed: u64,
+    /// What was measured: `embedded reference server` or the external URL.
+    pub target: String,
+    /// The machine the run happened on.
+    pub machine: Machine,
+    /// The command line that produced this run.
+    pub command: String,
+    /// Wall-clock start, RFC 3339.
+    pub started_at: String,
+    /// Seconds from start to end of measurement.
+    pub duration_s: f64,
+    /// True when the run ran to its planned end; false when it was
+    /// interrupted (Ctrl-C) or aborted, and `ended_because` says why.
+    pub completed: bool,
+    #[serde(default)]
+    pub ended_because: Option<String>,
+    /// One entry per load step. A fixed-load scenario has one step; a knee
+    /// scenario has one per user count it tried, in order.
+    pub steps: Vec<Step>,
+    /// One sample per second for the whole run.
+    pub timeline: Vec<Sample>,
+    /// Health of the load generator itself.
+    pub generator: GeneratorHealth,
+    /// Host limits the run reached (file descriptors, ports, ...), in words.
+    /// A run that hits a limit says so instead of blaming the server.
+    #[serde(default)]
+    pub limits_hit: Vec<String>,
+}
+
+/// One load level held for a steady-state window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    /// Active simulated users at this step.
+    pub users: u64,
+    /// Connected endpoints (event streams) at this step.
+    pub endpoints: u64,
+    /// Rooms in the deployment at this step.
+    pub rooms: u64,
+    /// Steady-state window, in seconds from the run start. Latencies, errors
+    /// and correctness below are for this window only.
+    pub window_start_s: f64,
+    pub window_end_s: f64,
+    /// Latency summaries by operation. Keys used by the load generator:
+    /// `post_ack`, `delivery`, `history`, `search`, `join`, `participants`,
+    /// `presence`, `connect`.
+    pub latencies: BTreeMap<String, Latency>,
+    /// Operations attempted in the window, by operation (same keys).
+    pub operations: BTreeMap<String, u64>,
+    /// Failed operations in the window by error code (protocol error codes,
+    /// or `timeout`, `connect`, `closed:<code>`, `http:<status>`).
+    pub errors: BTreeMap<String, u64>,
+    /// What the receivers saw, checked against what was acknowledged.
+    pub correctness: Correctness,
+    /// Mean and peak CPU (percent of one core, summed over server
+    /// processes) and peak RSS (MiB) of the server in the window.
+    pub server_cpu_mean_pct: f64,
+    pub server_cpu_peak_pct: f64,
+    pub server_rss_peak_mib: f64,
+}
+
+/// A latency distribution in milliseconds, from an HdrHistogram.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// The distribution for charts: (upper bound in ms, count) pairs, in
+    /// increasing order of bound, empty buckets left out.
+    #[serde(default)]
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// Delivery correctness over a window, computed by the checker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Correctness {
+    /// Posts acknowledged by the server.
+    pub acknowledged: u64,
+    /// (message, endpoint) deliveries the protocol requires: every endpoint
+    /// joined to the room for the whole time from post to the end of the
+    /// grace period.
+    pub expected_deliveries: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// Required deliveries that never arrived.
+    pub lost: u64,
+    /// Messages received more than once by one endpoint.
+    pub duplicated: u64,
+    /// Messages received out of sequence order by one endpoint.
+    pub reordered: u64,
+    /// Sequence numbers that were not dense (a gap in what the server
+    /// assigned in a room).
+    pub sequence_gaps: u64,
+    /// Up to 20 human-readable witnesses of anomalies.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+}
+
+impl Correctness {
+    /// True when nothing was lost, duplicated, reordered or skipped.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.reordered == 0 && self.sequence_gaps == 0
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the run start (end of this one-second interval).
+    pub t_s: f64,
+    /// Phase name: `provision`, `ramp`, `steady`, `drain`, ...
+    pub phase: String,
+    pub users: u64,
+    pub endpoints: u64,
+    /// Rates over this second.
+    pub posts_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub requests_per_s: f64,
+    pub errors_per_s: f64,
+    /// Latencies over this second (0 when nothing was measured).
+    pub post_ack_p50_ms: f64,
+    pub post_ack_p99_ms: f64,
+    pub delivery_p50_ms: f64,
+    pub delivery_p99_ms: f64,
+    pub delivery_max_ms: f64,
+    /// Server CPU (percent of one core, summed over its processes) and RSS.
+    pub server_cpu_pct: f64,
+    pub server_rss_mib: f64,
+    /// The load generator's own CPU (percent of one core).
+    pub loadgen_cpu_pct: f64,
+}
+
+/// The machine a run happened on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cores: u32,
+    pub memory_gib: f64,
+    pub kernel: String,
+    /// Open-file limit of the load generator process (soft, hard).
+    pub fd_limit: (u64, u64),
+}
+
+/// Whether the load generator could do what it was asked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GeneratorHealth {
+    /// Peak CPU of the generator process over the run (percent of one core).
+    pub cpu_peak_pct: f64,
+    /// Mean CPU of the generator process over the steady windows.
+    pub cpu_mean_pct: f64,
+    /// Cores the generator may use.
+    pub cores: u32,
+    /// True when the generator itself saturated (its CPU stayed near the
+    /// machine's capacity, or its schedule fell behind): the run is invalid
+    /// and no claim verdict is drawn from it.
+    pub saturated: bool,
+    /// Why it is considered saturated, in words.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Largest lag of the schedule behind its intended send times (ms).
+    pub schedule_lag_max_ms: f64,
+}

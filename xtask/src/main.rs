@@ -1,0 +1,43 @@
+//! Project tasks, run as `cargo xtask <task>`; one module per task.
+//!
+//! - `sizing-report` ([`sizing`]): runs scenarios and writes sizing reports.
+//! - `idle-memory` ([`idle_memory`]): the server's RSS per idle endpoint.
+//! - `server` / `util`: shared helpers (a release server process, tokens).
+
+mod idle_memory;
+mod server;
+mod sizing;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "pchat project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run scenarios (default: quick) against a reference server started
+    /// here, or --target, and write a sizing report per scenario.
+    SizingReport(sizing::Args),
+    /// Measure the reference server's resident memory per idle endpoint and
+    /// write reports/idle-memory.md.
+    IdleMemory(idle_memory::Args),
+    /// (internal) A client worker process of idle-memory.
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        spec: std::path::PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::SizingReport(args) => sizing::run(args),
+        Task::IdleMemory(args) => idle_memory::run(args),
+        Task::IdleWorker { spec } => idle_memory::worker(&spec),
+    }
+}

@@ -1,0 +1,508 @@
+//! `cargo xtask sizing-report`: runs scenarios against a reference server it
+//! starts itself (or an external target), computes the verdicts, and writes
+//! a sizing report per scenario.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use loadgen::run::{Progress, RunSpec, StepSpec, Target};
+use loadgen::workload::{Class, ClassSpec, Rates, Workload, WorkloadSpec};
+use scenarios::model::UserModel;
+use scenarios::plan::{ClassPlan, Plan, PlanOptions};
+use scenarios::scenario::TopologyKind;
+use scenarios::{verdict, Scenario};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{workspace_root, ServerProcess};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Built-in scenarios to run (quick, node-20k, knee, soak), in order.
+    #[arg(long = "scenario", default_value = "quick")]
+    pub scenarios: Vec<String>,
+    /// Scenario files of your own, run after the built-in ones.
+    #[arg(long = "scenario-file")]
+    pub files: Vec<PathBuf>,
+    /// Multiplies every user count (a scaled run cannot verify a claim).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Overrides the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where reports go: one directory per scenario.
+    #[arg(long, default_value = "target/sizing-report")]
+    pub out: PathBuf,
+    /// Size someone else's server: its base URL (http://host:port). Needs an
+    /// administrator token in PCHAT_ADMIN_TOKEN.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// An earlier results.json to compare against.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// No progress bar (also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        bail!("--scale must be a positive number");
+    }
+    let mut scenarios = Vec::new();
+    for name in &args.scenarios {
+        let s = Scenario::builtin(name).with_context(|| {
+            let names: Vec<&str> = scenarios::scenario::LIBRARY
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            format!(
+                "no built-in scenario {name:?} (there are: {})",
+                names.join(", ")
+            )
+        })?;
+        scenarios.push(s);
+    }
+    for file in &args.files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        scenarios.push(Scenario::parse(&text, &file.display().to_string())?);
+    }
+    let baseline = match &args.baseline {
+        Some(p) => Some(
+            serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not a results.json", p.display()))?,
+        ),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let interrupt = CancellationToken::new();
+    {
+        let interrupt = interrupt.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "\nstopping: finishing the current step's measurements and writing the report"
+                );
+                interrupt.cancel();
+            }
+        });
+    }
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        workspace_root().join(&args.out)
+    };
+    let mut summaries = Vec::new();
+    for scenario in scenarios {
+        if interrupt.is_cancelled() {
+            break;
+        }
+        let mut scenario = scenario;
+        if args.scale != 1.0 {
+            scenario = scenario.scaled(args.scale);
+        }
+        if let Some(seed) = args.seed {
+            scenario.seed = seed;
+        }
+        let dir = out.join(&scenario.name);
+        let summary = run_scenario(
+            &rt,
+            &scenario,
+            &args,
+            &dir,
+            baseline.clone(),
+            interrupt.clone(),
+        )?;
+        summaries.push(summary);
+    }
+    println!();
+    for s in &summaries {
+        println!("{s}");
+    }
+    Ok(())
+}
+
+fn run_scenario(
+    rt: &tokio::runtime::Runtime,
+    scenario: &Scenario,
+    args: &Args,
+    dir: &Path,
+    baseline: Option<scenarios::results::RunResult>,
+    interrupt: CancellationToken,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let model = match scenario.model.source.as_str() {
+        "vendor" => UserModel::vendor(),
+        path => UserModel::from_toml_str(
+            &std::fs::read_to_string(path).with_context(|| format!("read model {path}"))?,
+        )?,
+    };
+    let opts = PlanOptions {
+        chat_rate: scenario.model.chat_rate,
+        endpoints_per_user: scenario.model.endpoints_per_user,
+    };
+    // The server: one started here, or the one named by --target.
+    let (server, target) = match (&args.target, scenario.topology.kind) {
+        (Some(url), _) => {
+            let token = std::env::var("PCHAT_ADMIN_TOKEN")
+                .context("--target needs an administrator token in PCHAT_ADMIN_TOKEN")?;
+            let t = Target {
+                base: url.trim_end_matches('/').to_owned(),
+                admin_token: token,
+                server_pids: Vec::new(),
+                label: format!("external server at {url}"),
+            };
+            (None, t)
+        }
+        (None, TopologyKind::External) => {
+            bail!("scenario {} needs --target URL", scenario.name)
+        }
+        (None, TopologyKind::Standard) => {
+            let log = std::fs::File::create(dir.join("server.log"))?;
+            let server = ServerProcess::start_release_logged(log)?;
+            let t = Target {
+                base: server.base.clone(),
+                admin_token: server.admin_token(),
+                server_pids: vec![server.pid()],
+                label: "reference server (one node, embedded SQLite store, release build)".into(),
+            };
+            (Some(server), t)
+        }
+    };
+    let steps: Vec<StepSpec> = scenario
+        .user_steps()
+        .into_iter()
+        .map(|users| StepSpec {
+            users,
+            ramp_s: scenario.load.ramp_s,
+            steady_s: scenario.load.steady_s,
+            grace_s: scenario.load.grace_s,
+        })
+        .collect();
+    let command = std::iter::once("cargo xtask".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let spec = RunSpec {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        claim: scenario.claim.clone(),
+        slo: scenario.slo.clone(),
+        seed: scenario.seed,
+        stop_when_broken: scenario.load.steps.is_some(),
+        steps,
+        workers: scenario.load.workers,
+        goose_report: Some(dir.join("goose-report.html")),
+        command,
+    };
+    let seed = scenario.seed;
+    let make = |users: u64, ns: &str| {
+        let plan = Plan::for_users(&model, users, &opts);
+        Workload::build(&workload_spec(&plan), ns, seed ^ users)
+    };
+    let slo = scenario.slo.clone();
+    let judge = move |step: &scenarios::results::Step| verdict::judge(step, &slo).holds;
+    let bar = progress_bar(args.no_progress);
+    let on_progress = |p: &Progress| {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{} step {}/{} · {} · users {} · endpoints {} · p99 delivery {:.1} ms · p99 post {:.1} ms",
+                scenario.name,
+                p.step,
+                p.steps,
+                p.phase,
+                p.users,
+                p.endpoints,
+                p.delivery_p99_ms,
+                p.post_ack_p99_ms
+            ));
+        }
+    };
+    eprintln!(
+        "running scenario {} against {}",
+        scenario.name, target.label
+    );
+    let result = rt.block_on(async {
+        let ticker = {
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(b) = &bar {
+                        b.tick();
+                    }
+                }
+            })
+        };
+        let r = loadgen::run::run(
+            &spec,
+            &target,
+            &make,
+            &judge,
+            interrupt.clone(),
+            &on_progress,
+        )
+        .await;
+        ticker.abort();
+        r
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    drop(server);
+    let mut result = result?;
+    if goose::is_killswitch_triggered() && result.completed {
+        result.completed = false;
+        result.ended_because = Some("interrupted (goose stopped the attack)".into());
+    }
+    let input = report_input(result, baseline);
+    let files = reports::write_report(&input, dir)?;
+    let mut lines = vec![format!(
+        "scenario {}: {}",
+        input.result.scenario,
+        files.html.display()
+    )];
+    for v in &input.verdicts {
+        lines.push(format!(
+            "  {} {} — {}",
+            if v.holds {
+                "HOLDS        "
+            } else {
+                "DOES NOT HOLD"
+            },
+            v.claim,
+            v.why
+        ));
+    }
+    if let Some(k) = &input.knee {
+        lines.push(format!("  knee: {}", k.text));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Verdict rows, knee and notes, all computed from the measured result.
+pub fn report_input(
+    result: scenarios::results::RunResult,
+    baseline: Option<scenarios::results::RunResult>,
+) -> reports::ReportInput {
+    let mut verdicts = Vec::new();
+    if let Some(v) = verdict::claim_verdict(&result) {
+        verdicts.push(reports::VerdictRow {
+            claim: v.claim,
+            target: v.target,
+            measured: v.measured,
+            holds: v.holds,
+            why: v.why,
+        });
+    }
+    let invalid = verdict::invalid_because(&result);
+    for step in &result.steps {
+        let j = verdict::judge(step, &result.slo);
+        let (holds, why) = match &invalid {
+            Some(reason) => (false, reason.clone()),
+            None => (j.holds, j.why.clone()),
+        };
+        verdicts.push(reports::VerdictRow {
+            claim: format!("objective met at {} active users", step.users),
+            target: format!(
+                "p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors < {} %, nothing lost",
+                result.slo.p99_delivery_ms, result.slo.p99_post_ack_ms, result.slo.p99_history_ms, result.slo.max_error_pct
+            ),
+            measured: j
+                .checks
+                .iter()
+                .map(|c| format!("{}: {}", c.what, c.measured))
+                .collect::<Vec<_>>()
+                .join("; "),
+            holds,
+            why,
+        });
+    }
+    let knee = (result.steps.len() > 1 || result.claim.is_none())
+        .then(|| verdict::knee(&result))
+        .flatten()
+        .filter(|_| result.steps.len() > 1)
+        .map(|k| {
+            let text = match (&k.capacity, &k.broke_at) {
+                (Some(c), Some((b, why))) => {
+                    format!("capacity {c} active users; the objective broke at {b}: {why}")
+                }
+                (None, Some((b, why))) => {
+                    format!("the objective broke at the first step ({b} users): {why}")
+                }
+                (Some(c), None) => {
+                    format!("at least {c} active users: no step broke the objective")
+                }
+                (None, None) => "no step completed".into(),
+            };
+            reports::Knee {
+                users: k.capacity,
+                text,
+            }
+        });
+    let mut notes = vec![
+        "Workload: the vendor's published user model scaled linearly to the step's user count \
+         (rooms per user, room sizes, chat rate, joins, presence changes and participant-list polls \
+         per user as published). Not in the model and chosen here: one history page read per rejoin \
+         and one search per user per 8-hour day."
+            .to_owned(),
+        "Latencies are measured from each operation's intended send time (no coordinated \
+         omission); delivery latency runs from a post's intended send time to its arrival at each \
+         receiving endpoint. The steady window includes the grace period after the last operation."
+            .to_owned(),
+    ];
+    if result.machine.fd_limit.1 > 0 && result.machine.fd_limit.1 <= 20_000 {
+        notes.push(format!(
+            "Open-file limit of this host: {} per process. A single server process cannot hold more \
+             event streams than that; a larger run needs a higher limit (ulimit -Hn, \
+             /etc/security/limits.conf or the service's LimitNOFILE) or several server processes.",
+            result.machine.fd_limit.1
+        ));
+    }
+    reports::ReportInput {
+        result,
+        verdicts,
+        knee,
+        notes,
+        baseline,
+    }
+}
+
+/// The loadgen's view of a plan.
+pub fn workload_spec(plan: &Plan) -> WorkloadSpec {
+    let class = |c: &ClassPlan, class: Class| ClassSpec {
+        class,
+        rooms: c.rooms,
+        size: c.size,
+        rooms_per_user: c.rooms_per_user,
+        chat_rate_per_s: c.chat_rate_per_s,
+        auditoriums: c.auditoriums,
+        open: c.open,
+        direct_fraction: c.direct_membership_fraction,
+        groups_per_room: c.groups_per_nonopen_room,
+        managers_per_room: plan.managers_per_room,
+        presenters_per_auditorium: plan.presenters_per_auditorium,
+    };
+    WorkloadSpec {
+        users: plan.users,
+        endpoints: plan.endpoints,
+        classes: vec![
+            class(&plan.small, Class::Small),
+            class(&plan.medium, Class::Medium),
+            class(&plan.large, Class::Large),
+        ],
+        rates: Rates {
+            joins_per_s: plan.joins_per_s,
+            presence_per_s: plan.presence_changes_per_s,
+            participant_polls_per_s: plan.participant_polls_per_s,
+            history_reads_per_s: plan.history_reads_per_s,
+            searches_per_s: plan.searches_per_s,
+        },
+        messages_on_join: plan.messages_on_join,
+    }
+}
+
+fn progress_bar(disabled: bool) -> Option<indicatif::ProgressBar> {
+    if disabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short real run: a reference server process on loopback, a few
+    /// hundred simulated users, the whole pipeline through the report. The
+    /// chat rate is raised far above the model's so that a ten-second window
+    /// carries enough messages to check; this tests the machinery, it does
+    /// not size anything.
+    #[test]
+    fn a_short_real_run_produces_a_clean_checked_report() {
+        let server = ServerProcess::start_debug().expect("start the reference server");
+        let target = Target {
+            base: server.base.clone(),
+            admin_token: server.admin_token(),
+            server_pids: vec![server.pid()],
+            label: "reference server (test)".into(),
+        };
+        let model = UserModel::vendor();
+        let spec = RunSpec {
+            scenario: "ci-short".into(),
+            description: "test load".into(),
+            claim: None,
+            slo: scenarios::Slo::default(),
+            seed: 42,
+            steps: vec![StepSpec {
+                users: 300,
+                ramp_s: 3.0,
+                steady_s: 8.0,
+                grace_s: 2.0,
+            }],
+            stop_when_broken: false,
+            workers: 8,
+            goose_report: None,
+            command: "cargo test -p xtask".into(),
+        };
+        let make = |users: u64, ns: &str| {
+            let mut plan = Plan::for_users(&model, users, &PlanOptions::default());
+            for c in [&mut plan.small, &mut plan.medium, &mut plan.large] {
+                c.chat_rate_per_s *= 400.0;
+            }
+            plan.history_reads_per_s = 2.0;
+            plan.searches_per_s = 1.0;
+            Workload::build(&workload_spec(&plan), ns, 42)
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let result = rt
+            .block_on(loadgen::run::run(
+                &spec,
+                &target,
+                &make,
+                &|_| true,
+                CancellationToken::new(),
+                &|_| {},
+            ))
+            .expect("the run");
+        drop(server);
+        assert!(result.completed, "{:?}", result.ended_because);
+        let step = result.steps[0].clone();
+        assert_eq!(step.endpoints, 450);
+        let c = &step.correctness;
+        assert!(
+            c.acknowledged > 20,
+            "only {} posts acknowledged",
+            c.acknowledged
+        );
+        assert!(c.expected_deliveries > 0 && c.delivered > 0, "{c:?}");
+        assert!(c.is_clean(), "{c:?}");
+        for op in ["post_ack", "delivery", "participants", "presence"] {
+            assert!(
+                step.latencies.get(op).is_some_and(|l| l.count > 0),
+                "no {op} latencies: {:?}",
+                step.latencies.keys()
+            );
+        }
+        assert!(!result.timeline.is_empty());
+        assert!(result.timeline.iter().any(|s| s.server_rss_mib > 0.0));
+        let dir = tempfile::tempdir().unwrap();
+        let files = reports::write_report(&report_input(result, None), dir.path()).unwrap();
+        let html = std::fs::read_to_string(&files.html).unwrap();
+        assert!(html.contains("objective met at 300 active users"));
+        let back: scenarios::results::RunResult =
+            serde_json::from_slice(&std::fs::read(&files.results_json).unwrap()).unwrap();
+        assert_eq!(back.steps[0].correctness.acknowledged, c.acknowledged);
+    }
+}
