@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{bail, Context};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
@@ -52,20 +51,7 @@ pub async fn connect_stream(
     resume: &[(u64, u64)],
     source: Option<IpAddr>,
 ) -> anyhow::Result<Ws> {
-    let ws_base = base.replacen("http", "ws", 1);
-    let mut url = format!("{ws_base}/v1/stream?endpoint={endpoint}");
-    if !resume.is_empty() {
-        let list: Vec<String> = resume.iter().map(|(r, s)| format!("{r}:{s}")).collect();
-        url.push_str("&resume=");
-        url.push_str(&list.join(","));
-    }
-    let mut request = url.into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("token is not a header value")?,
-    );
+    let request = pchat_protocol::client::stream_request(base, Some(token), endpoint, resume)?;
     let socket = match dest {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,

@@ -118,6 +118,7 @@ pub async fn run(
 
     let mut steps: Vec<Step> = Vec::new();
     let mut limits_hit = Vec::new();
+    let mut not_run = Vec::new();
     let mut lag_max_us = 0u64;
     let mut ended_because = None;
     let progress_tick = {
@@ -136,6 +137,19 @@ pub async fn run(
         }
         let ns = format!("lg{:x}s{i}r{}-", spec.seed, std::process::id() % 10_000);
         let workload = Arc::new(make(step_spec.users, &ns));
+        if let Some(reason) = preflight(&workload, target, soft, spec.workers) {
+            // Larger steps would not fit either: stop here.
+            not_run.extend(spec.steps[i..].iter().map(|s| scenarios::results::NotRun {
+                users: s.users,
+                endpoints: if s.users == step_spec.users {
+                    workload.endpoints()
+                } else {
+                    0
+                },
+                reason: reason.clone(),
+            }));
+            break;
+        }
         let outcome = run_step(StepCtx {
             spec,
             step_spec,
@@ -195,7 +209,37 @@ pub async fn run(
         timeline,
         generator,
         limits_hit,
+        not_run,
     })
+}
+
+/// File descriptors a process needs beside its event streams: HTTP
+/// connections, databases, the listener, logs.
+const FD_HEADROOM: u64 = 600;
+
+/// Why this host cannot run a step, if it cannot: every event stream is a
+/// socket in the server process and one in the generator, and one process
+/// may hold only its open-file limit.
+fn preflight(w: &Workload, target: &Target, own_limit: u64, workers: usize) -> Option<String> {
+    let streams = w.endpoints();
+    let own_need = streams + FD_HEADROOM + workers as u64;
+    if own_limit > 0 && own_need > own_limit {
+        return Some(format!(
+            "{streams} event streams need about {own_need} open files in the load generator, whose              limit is {own_limit}; raise the hard limit (ulimit -Hn, /etc/security/limits.conf) or              run the generator on a host that allows it"
+        ));
+    }
+    let server_limit = target
+        .server_pids
+        .iter()
+        .filter_map(|p| crate::procfs::fd_limit(*p))
+        .sum::<u64>();
+    let server_need = streams + FD_HEADROOM;
+    if server_limit > 0 && server_need > server_limit {
+        return Some(format!(
+            "{streams} event streams need about {server_need} open files in the server, whose              process limit is {server_limit}; raise it (LimitNOFILE, ulimit -Hn) or run the node              as several processes (the pool of issue #4)"
+        ));
+    }
+    None
 }
 
 struct StepCtx<'a> {

@@ -5,6 +5,7 @@
 //! it turns into the admin API's provisioning document, so that the server
 //! holds exactly the directory the simulated users expect.
 
+use scenarios::plan::Plan;
 use serde_json::{json, Value};
 
 /// Room classes of the user model.
@@ -150,44 +151,14 @@ impl Workload {
     }
 }
 
-/// The numbers of one room class at the run's scale (from the scaled plan).
-#[derive(Clone, Debug)]
-pub struct ClassSpec {
-    pub class: Class,
-    pub rooms: u64,
-    /// Users joined to each room.
-    pub size: u64,
-    pub rooms_per_user: u64,
-    /// Posts per second across all rooms of the class.
-    pub chat_rate_per_s: f64,
-    pub auditoriums: u64,
-    pub open: u64,
-    /// Fraction of a non-open room's members listed directly (the rest
-    /// through groups).
-    pub direct_fraction: f64,
-    pub groups_per_room: u64,
-    pub managers_per_room: u64,
-    pub presenters_per_auditorium: u64,
-}
-
-/// Everything needed to build a workload.
-#[derive(Clone, Debug)]
-pub struct WorkloadSpec {
-    pub users: u64,
-    pub endpoints: u64,
-    pub classes: Vec<ClassSpec>,
-    pub rates: Rates,
-    pub messages_on_join: u32,
-}
-
 impl Workload {
-    /// Builds the concrete users and rooms of `spec`, drawing memberships
-    /// from `seed` (the same seed gives the same workload).
-    pub fn build(spec: &WorkloadSpec, namespace: &str, seed: u64) -> Workload {
+    /// Builds the concrete users and rooms of a scaled plan, drawing
+    /// memberships from `seed` (the same seed gives the same workload).
+    pub fn build(plan: &Plan, namespace: &str, seed: u64) -> Workload {
         use rand::seq::SliceRandom;
         let mut rng = crate::schedule::rng(seed);
-        let n = spec.users.max(1) as usize;
-        let extra = spec.endpoints.saturating_sub(spec.users).min(spec.users) as usize;
+        let n = plan.users.max(1) as usize;
+        let extra = plan.endpoints.saturating_sub(plan.users).min(plan.users) as usize;
         let mut users: Vec<SimUser> = (0..n)
             .map(|i| SimUser {
                 name: format!("{namespace}u{i}"),
@@ -196,7 +167,12 @@ impl Workload {
             })
             .collect();
         let mut rooms = Vec::new();
-        for c in &spec.classes {
+        let classes = [
+            (Class::Small, &plan.small),
+            (Class::Medium, &plan.medium),
+            (Class::Large, &plan.large),
+        ];
+        for (class, c) in classes {
             if c.rooms == 0 {
                 continue;
             }
@@ -236,7 +212,7 @@ impl Workload {
                 let posters = if auditorium {
                     members
                         .iter()
-                        .take(c.presenters_per_auditorium.max(1) as usize)
+                        .take(plan.presenters_per_auditorium.max(1) as usize)
                         .copied()
                         .collect()
                 } else {
@@ -245,14 +221,15 @@ impl Workload {
                 let (direct, groups) = if open {
                     (Vec::new(), Vec::new())
                 } else {
-                    let d = ((members.len() as f64) * c.direct_fraction).round() as usize;
-                    let d = if c.groups_per_room == 0 {
+                    let d =
+                        ((members.len() as f64) * c.direct_membership_fraction).round() as usize;
+                    let d = if c.groups_per_nonopen_room == 0 {
                         members.len()
                     } else {
                         d
                     };
                     let rest = &members[d.min(members.len())..];
-                    let k = (c.groups_per_room as usize).clamp(1, rest.len().max(1));
+                    let k = (c.groups_per_nonopen_room as usize).clamp(1, rest.len().max(1));
                     let groups: Vec<Vec<u32>> = if rest.is_empty() {
                         Vec::new()
                     } else {
@@ -265,12 +242,12 @@ impl Workload {
                 let managers = members
                     .iter()
                     .rev()
-                    .take(c.managers_per_room as usize)
+                    .take(plan.managers_per_room as usize)
                     .copied()
                     .collect();
                 rooms.push(SimRoom {
-                    name: format!("{namespace}{}{r}", c.class.name()),
-                    class: c.class,
+                    name: format!("{namespace}{}{r}", class.name()),
+                    class,
                     open,
                     auditorium,
                     members,
@@ -285,8 +262,14 @@ impl Workload {
         Workload {
             users,
             rooms,
-            rates: spec.rates.clone(),
-            messages_on_join: spec.messages_on_join,
+            rates: Rates {
+                joins_per_s: plan.joins_per_s,
+                presence_per_s: plan.presence_changes_per_s,
+                participant_polls_per_s: plan.participant_polls_per_s,
+                history_reads_per_s: plan.history_reads_per_s,
+                searches_per_s: plan.searches_per_s,
+            },
+            messages_on_join: plan.messages_on_join,
             namespace: namespace.to_owned(),
         }
     }
@@ -295,63 +278,38 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scenarios::model::UserModel;
+    use scenarios::plan::PlanOptions;
 
-    fn spec(users: u64) -> WorkloadSpec {
-        WorkloadSpec {
-            users,
-            endpoints: users * 3 / 2,
-            classes: vec![
-                ClassSpec {
-                    class: Class::Small,
-                    rooms: users * 12 / 30,
-                    size: 30,
-                    rooms_per_user: 12,
-                    chat_rate_per_s: 1.0,
-                    auditoriums: 2,
-                    open: 3,
-                    direct_fraction: 0.5,
-                    groups_per_room: 3,
-                    managers_per_room: 6,
-                    presenters_per_auditorium: 6,
-                },
-                ClassSpec {
-                    class: Class::Large,
-                    rooms: 1,
-                    size: 16_000,
-                    rooms_per_user: 2,
-                    chat_rate_per_s: 0.1,
-                    auditoriums: 1,
-                    open: 0,
-                    direct_fraction: 0.0,
-                    groups_per_room: 10,
-                    managers_per_room: 6,
-                    presenters_per_auditorium: 6,
-                },
-            ],
-            rates: Rates::default(),
-            messages_on_join: 30,
-        }
+    fn spec(users: u64) -> Plan {
+        Plan::for_users(&UserModel::vendor(), users, &PlanOptions::default())
     }
 
     #[test]
     fn rooms_get_their_size_and_users_their_rooms() {
-        let w = Workload::build(&spec(600), "t-", 3);
-        assert_eq!(w.endpoints(), 900);
-        let small: Vec<&SimRoom> = w.rooms.iter().filter(|r| r.class == Class::Small).collect();
-        assert_eq!(small.len(), 240);
-        assert!(small.iter().all(|r| r.members.len() == 30));
-        // The large room is capped at the user count.
-        let large = w.rooms.iter().find(|r| r.class == Class::Large).unwrap();
-        assert_eq!(large.members.len(), 600);
-        assert!(large.auditorium && large.posters.len() == 6);
-        // Seats are dealt without repeats, so users hold about 12 small rooms.
-        let per_user: Vec<usize> = w.users.iter().map(|u| u.rooms.len()).collect();
-        let mean = per_user.iter().sum::<usize>() as f64 / per_user.len() as f64;
-        assert!((mean - 13.0).abs() < 0.5, "mean rooms per user {mean}");
-        // Closed rooms list half their members directly, the rest in groups.
-        let closed = small.iter().find(|r| !r.open && !r.auditorium).unwrap();
+        // 2,000 users: 800 small rooms of 30, 27 medium of 150, one large
+        // room holding everyone.
+        let w = Workload::build(&spec(2_000), "t-", 3);
+        assert_eq!(w.endpoints(), 3_000);
+        let of = |c: Class| w.rooms.iter().filter(move |r| r.class == c);
+        assert_eq!(of(Class::Small).count(), 800);
+        assert!(of(Class::Small).all(|r| r.members.len() == 30));
+        assert_eq!(of(Class::Medium).count(), 27);
+        let large: Vec<&SimRoom> = of(Class::Large).collect();
+        assert_eq!(large.len(), 1);
+        assert_eq!(large[0].members.len(), 2_000);
+        // Seats are dealt without repeats: about 12 + 2 + 1 rooms per user.
+        let mean = w.users.iter().map(|u| u.rooms.len()).sum::<usize>() as f64 / 2_000.0;
+        assert!((mean - 15.0).abs() < 0.2, "mean rooms per user {mean}");
+        // Auditoriums let only their presenters post; closed rooms list half
+        // their members directly and the rest through three groups.
+        let aud = of(Class::Small).find(|r| r.auditorium).unwrap();
+        assert_eq!(aud.posters.len(), 6);
+        let closed = of(Class::Small).find(|r| !r.open && !r.auditorium).unwrap();
         assert_eq!(closed.direct.len(), 15);
+        assert_eq!(closed.groups.len(), 3);
         assert_eq!(closed.groups.iter().map(Vec::len).sum::<usize>(), 15);
+        assert_eq!(closed.managers.len(), 6);
         let doc = w.provision_doc();
         assert_eq!(doc["rooms"].as_array().unwrap().len(), w.rooms.len());
     }

@@ -223,23 +223,7 @@ impl Client {
         endpoint: &str,
         resume: &[(u64, u64)],
     ) -> Result<EventStream, ClientError> {
-        let ws_base = self.base.replacen("http", "ws", 1);
-        let mut url = format!("{ws_base}/v1/stream?endpoint={endpoint}");
-        if !resume.is_empty() {
-            let list: Vec<String> = resume.iter().map(|(r, s)| format!("{r}:{s}")).collect();
-            url.push_str("&resume=");
-            url.push_str(&list.join(","));
-        }
-        let mut request = url.into_client_request()?;
-        if let Some(token) = &self.token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| ClientError::Unexpected {
-                    status: 0,
-                    text: "token is not a header value".into(),
-                })?;
-            request.headers_mut().insert("authorization", value);
-        }
+        let request = stream_request(&self.base, self.token.as_deref(), endpoint, resume)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
             .write_buffer_size(0);
@@ -247,6 +231,34 @@ impl Client {
             tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
         Ok(EventStream { ws })
     }
+}
+
+/// The WebSocket upgrade request of `GET /v1/stream` (PC-9.4a) for the
+/// server at `base`, with the bearer token in the Authorization header.
+pub fn stream_request(
+    base: &str,
+    token: Option<&str>,
+    endpoint: &str,
+    resume: &[(u64, u64)],
+) -> Result<tungstenite::handshake::client::Request, ClientError> {
+    let ws_base = base.replacen("http", "ws", 1);
+    let mut url = format!("{ws_base}/v1/stream?endpoint={endpoint}");
+    if !resume.is_empty() {
+        let list: Vec<String> = resume.iter().map(|(r, s)| format!("{r}:{s}")).collect();
+        url.push_str("&resume=");
+        url.push_str(&list.join(","));
+    }
+    let mut request = url.into_client_request()?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Unexpected {
+                status: 0,
+                text: "token is not a header value".into(),
+            })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 fn api_error(status: u16, bytes: &[u8]) -> ClientError {

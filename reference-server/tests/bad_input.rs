@@ -7,7 +7,7 @@
 mod support;
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::*;
 
 /// What a refused request looked like on the wire, in the parts the spec fixes.
@@ -77,11 +77,7 @@ struct Fixture {
 
 async fn fixture_with(env: &[(&str, &str)]) -> Fixture {
     let server = TestServer::start_with(env).await;
-    let users = server.users(&["alice"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice"]).await;
     Fixture {
         token: users[0].token().expect("token").to_owned(),
         server,

@@ -203,11 +203,7 @@ async fn every_event_is_recorded_once_and_exported_in_both_formats_even_across_k
 #[tokio::test]
 async fn nothing_is_recorded_while_compliance_is_disabled() {
     let server = TestServer::start().await;
-    let users = server.users(&["alice"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice"]).await;
     users[0]
         .post_message(room, &post("unrecorded"))
         .await
@@ -228,11 +224,7 @@ async fn events_after_an_export_are_recorded_too() {
         .patch::<Value>("/v1/admin/compliance", &json!({ "enabled": true }))
         .await
         .expect("enable compliance");
-    let users = server.users(&["alice"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice"]).await;
     let mut seqs = BTreeSet::new();
     for round in 0..3 {
         for n in 0..4 {

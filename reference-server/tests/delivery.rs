@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use pchat_protocol::client::StreamItem;
 use pchat_protocol::{close, Event};
-use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -29,11 +28,7 @@ async fn ready(s: &mut pchat_protocol::client::EventStream) -> Vec<(u64, u64)> {
 #[tokio::test]
 async fn concurrent_posts_reach_every_endpoint_once_in_order() {
     let server = TestServer::start_with(&FAST).await;
-    let users = server.users(&["a", "b", "c"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["a", "b", "c"]).await;
     let mut streams = Vec::new();
     for (i, u) in users.iter().enumerate() {
         for ep in ["desk", "phone"] {
@@ -70,11 +65,7 @@ async fn concurrent_posts_reach_every_endpoint_once_in_order() {
 #[tokio::test]
 async fn a_resumed_stream_gets_exactly_what_it_missed() {
     let server = TestServer::start_with(&FAST).await;
-    let users = server.users(&["reader", "writer"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["reader", "writer"]).await;
     let mut s = users[0].stream("desk", &[]).await.unwrap();
     ready(&mut s).await;
     users[0].join(room, "desk", None).await.unwrap();
@@ -138,11 +129,7 @@ async fn a_reader_that_stops_reading_is_cut_off_and_others_get_everything() {
         ("PCHAT_STREAM__QUEUE_EVENTS", "16"),
     ])
     .await;
-    let users = server.users(&["stalled", "reader", "writer"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["stalled", "reader", "writer"]).await;
     let mut stalled = users[0].stream("desk", &[]).await.unwrap();
     ready(&mut stalled).await;
     users[0].join(room, "desk", None).await.unwrap();

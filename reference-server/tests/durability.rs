@@ -18,11 +18,7 @@ fn keyed(text: &str, key: &str) -> PostMessage {
 #[tokio::test]
 async fn a_retried_post_returns_the_original_message_never_a_duplicate() {
     let server = TestServer::start().await;
-    let users = server.users(&["alice"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice"]).await;
     let first = users[0]
         .post_message(room, &keyed("once", "k1"))
         .await
@@ -49,11 +45,7 @@ async fn acknowledged_messages_survive_kill_9() {
         ("PCHAT_LIMITS__POST_BURST", "1000"),
     ])
     .await;
-    let users = server.users(&["alice", "bob"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice", "bob"]).await;
     // Concurrent posters; every acknowledged post is remembered.
     let mut tasks = Vec::new();
     for (i, u) in users.iter().enumerate() {
@@ -119,11 +111,7 @@ async fn acknowledged_messages_survive_kill_9() {
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_keeps_everything() {
     let mut server = TestServer::start().await;
-    let users = server.users(&["alice"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice"]).await;
     for n in 0..10 {
         users[0]
             .post_message(room, &post(&format!("m{n}")))

@@ -4,17 +4,12 @@ mod support;
 
 use pchat_protocol::client::StreamItem;
 use pchat_protocol::Event;
-use serde_json::json;
 use support::*;
 
 #[tokio::test]
 async fn two_users_exchange_messages_in_an_open_room() {
     let server = TestServer::start().await;
-    let users = server.users(&["alice", "bob"]).await;
-    let cat = server.category("general", json!({})).await;
-    let room = server
-        .room("lobby", cat, json!({ "privacy": "open" }))
-        .await;
+    let (users, room) = server.lobby(&["alice", "bob"]).await;
 
     let mut streams = Vec::new();
     for u in &users {

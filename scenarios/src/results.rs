@@ -54,6 +54,18 @@ pub struct RunResult {
     /// A run that hits a limit says so instead of blaming the server.
     #[serde(default)]
     pub limits_hit: Vec<String>,
+    /// Steps the run did not attempt because this host cannot hold them
+    /// (checked before each step), with what to change.
+    #[serde(default)]
+    pub not_run: Vec<NotRun>,
+}
+
+/// A step left out before it started, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotRun {
+    pub users: u64,
+    pub endpoints: u64,
+    pub reason: String,
 }
 
 /// One load level held for a steady-state window.

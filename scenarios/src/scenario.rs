@@ -354,10 +354,9 @@ mod tests {
             assert_eq!(s.name, name);
             assert!(!s.user_steps().is_empty());
         }
-        assert_eq!(
-            Scenario::builtin("knee").unwrap().user_steps(),
-            vec![10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
-        );
+        let knee = Scenario::builtin("knee").unwrap().user_steps();
+        assert_eq!(knee.len(), 24);
+        assert_eq!((knee[0], knee[1], knee[23]), (2_500, 5_000, 60_000));
         assert!(Scenario::builtin("nope").is_none());
     }
 

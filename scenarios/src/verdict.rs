@@ -160,6 +160,15 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
         result.slo.max_error_pct
     );
     let Some(step) = result.steps.iter().find(|s| s.users == claim.users) else {
+        if let Some(n) = result.not_run.iter().find(|n| n.users == claim.users) {
+            return Some(ClaimVerdict {
+                claim: claim.text.clone(),
+                target,
+                measured: "not measured".into(),
+                holds: false,
+                why: format!("not verifiable on this host: {}", n.reason),
+            });
+        }
         let ran: Vec<String> = result.steps.iter().map(|s| s.users.to_string()).collect();
         return Some(ClaimVerdict {
             claim: claim.text.clone(),
@@ -285,6 +294,7 @@ mod tests {
             timeline: vec![],
             generator: GeneratorHealth::default(),
             limits_hit: vec![],
+            not_run: vec![],
         }
     }
 
@@ -341,6 +351,19 @@ mod tests {
         r.generator.reason = Some("100 % CPU".into());
         let v = claim_verdict(&r).unwrap();
         assert!(!v.holds && v.why.starts_with("invalid run"), "{}", v.why);
+
+        let mut r = result(vec![], Some(20_000));
+        r.not_run.push(crate::results::NotRun {
+            users: 20_000,
+            endpoints: 30_000,
+            reason: "the server may hold 20000 open files".into(),
+        });
+        let v = claim_verdict(&r).unwrap();
+        assert!(
+            !v.holds && v.why.starts_with("not verifiable on this host"),
+            "{}",
+            v.why
+        );
 
         let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
         r.limits_hit.push("fd limit".into());

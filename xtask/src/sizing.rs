@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use loadgen::run::{Progress, RunSpec, StepSpec, Target};
-use loadgen::workload::{Class, ClassSpec, Rates, Workload, WorkloadSpec};
+use loadgen::workload::Workload;
 use scenarios::model::UserModel;
-use scenarios::plan::{ClassPlan, Plan, PlanOptions};
+use scenarios::plan::{Plan, PlanOptions};
 use scenarios::scenario::TopologyKind;
 use scenarios::{verdict, Scenario};
 use tokio_util::sync::CancellationToken;
@@ -204,7 +204,7 @@ fn run_scenario(
     let seed = scenario.seed;
     let make = |users: u64, ns: &str| {
         let plan = Plan::for_users(&model, users, &opts);
-        Workload::build(&workload_spec(&plan), ns, seed ^ users)
+        Workload::build(&plan, ns, seed ^ users)
     };
     let slo = scenario.slo.clone();
     let judge = move |step: &scenarios::results::Step| verdict::judge(step, &slo).holds;
@@ -336,9 +336,14 @@ pub fn report_input(
                 (None, Some((b, why))) => {
                     format!("the objective broke at the first step ({b} users): {why}")
                 }
-                (Some(c), None) => {
-                    format!("at least {c} active users: no step broke the objective")
-                }
+                (Some(c), None) => match result.not_run.first() {
+                    Some(n) => format!(
+                        "at least {c} active users: no step broke the objective; from {} users on, \
+                         this host could not run the steps ({})",
+                        n.users, n.reason
+                    ),
+                    None => format!("at least {c} active users: no step broke the objective"),
+                },
                 (None, None) => "no step completed".into(),
             };
             reports::Knee {
@@ -357,6 +362,12 @@ pub fn report_input(
          receiving endpoint. The steady window includes the grace period after the last operation."
             .to_owned(),
     ];
+    for n in &result.not_run {
+        notes.push(format!(
+            "Not run: the step at {} active users. {}",
+            n.users, n.reason
+        ));
+    }
     if result.machine.fd_limit.1 > 0 && result.machine.fd_limit.1 <= 20_000 {
         notes.push(format!(
             "Open-file limit of this host: {} per process. A single server process cannot hold more \
@@ -371,40 +382,6 @@ pub fn report_input(
         knee,
         notes,
         baseline,
-    }
-}
-
-/// The loadgen's view of a plan.
-pub fn workload_spec(plan: &Plan) -> WorkloadSpec {
-    let class = |c: &ClassPlan, class: Class| ClassSpec {
-        class,
-        rooms: c.rooms,
-        size: c.size,
-        rooms_per_user: c.rooms_per_user,
-        chat_rate_per_s: c.chat_rate_per_s,
-        auditoriums: c.auditoriums,
-        open: c.open,
-        direct_fraction: c.direct_membership_fraction,
-        groups_per_room: c.groups_per_nonopen_room,
-        managers_per_room: plan.managers_per_room,
-        presenters_per_auditorium: plan.presenters_per_auditorium,
-    };
-    WorkloadSpec {
-        users: plan.users,
-        endpoints: plan.endpoints,
-        classes: vec![
-            class(&plan.small, Class::Small),
-            class(&plan.medium, Class::Medium),
-            class(&plan.large, Class::Large),
-        ],
-        rates: Rates {
-            joins_per_s: plan.joins_per_s,
-            presence_per_s: plan.presence_changes_per_s,
-            participant_polls_per_s: plan.participant_polls_per_s,
-            history_reads_per_s: plan.history_reads_per_s,
-            searches_per_s: plan.searches_per_s,
-        },
-        messages_on_join: plan.messages_on_join,
     }
 }
 
@@ -463,7 +440,7 @@ mod tests {
             }
             plan.history_reads_per_s = 2.0;
             plan.searches_per_s = 1.0;
-            Workload::build(&workload_spec(&plan), ns, 42)
+            Workload::build(&plan, ns, 42)
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         let result = rt

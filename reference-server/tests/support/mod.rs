@@ -154,6 +154,15 @@ impl TestServer {
             .collect()
     }
 
+    /// Users, a category `general` and an open room `lobby` in it: the
+    /// setting most tests start from.
+    pub async fn lobby(&self, names: &[&str]) -> (Vec<Client>, u64) {
+        let users = self.users(names).await;
+        let cat = self.category("general", json!({})).await;
+        let room = self.room("lobby", cat, json!({ "privacy": "open" })).await;
+        (users, room)
+    }
+
     /// Creates a category (everyone allowed; `creators` may create rooms).
     pub async fn category(&self, name: &str, extra: Value) -> u64 {
         let mut body = json!({ "name": name });

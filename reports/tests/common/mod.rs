@@ -231,6 +231,7 @@ pub fn synthetic_run() -> RunResult {
             schedule_lag_max_ms: 3.2,
         },
         limits_hit: Vec::new(),
+        not_run: Vec::new(),
     }
 }
 
