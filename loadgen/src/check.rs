@@ -28,13 +28,35 @@ pub fn check(
     workload: &Workload,
 ) -> Correctness {
     let mut acked: HashMap<u32, BTreeSet<u64>> = HashMap::new();
-    for (room, seq, _) in acks {
-        acked.entry(*room).or_default().insert(*seq);
-    }
     let mut c = Correctness {
         acknowledged: acks.len() as u64,
         ..Correctness::default()
     };
+    // One sequence number for two messages of a room, or one message at two
+    // sequence numbers, contradicts the server's own acknowledgements.
+    let mut by_seq: HashMap<(u32, u64), u32> = HashMap::new();
+    let mut by_post: HashMap<u32, (u32, u64)> = HashMap::new();
+    for &(room, seq, post) in acks {
+        acked.entry(room).or_default().insert(seq);
+        let name = &workload.rooms[room as usize].name;
+        if let Some(other) = by_seq.insert((room, seq), post).filter(|p| *p != post) {
+            c.conflicting_acks += 1;
+            witness(
+                &mut c,
+                format!("room {name}: seq {seq} acknowledged for posts {other} and {post}"),
+            );
+        }
+        if let Some(prev) = by_post
+            .insert(post, (room, seq))
+            .filter(|p| *p != (room, seq))
+        {
+            c.conflicting_acks += 1;
+            witness(
+                &mut c,
+                format!("post {post} acknowledged as {prev:?} and ({room}, {seq})"),
+            );
+        }
+    }
     let mut seen_anywhere: HashMap<u32, HashSet<u64>> = HashMap::new();
     for (u, eps) in endpoints.iter().enumerate() {
         for ep in eps {
@@ -80,7 +102,6 @@ pub fn check_view(view: &RoomView, acked: Option<&BTreeSet<u64>>, who: &str, c: 
     let mut got: HashSet<u64> = HashSet::with_capacity(view.delivered.len());
     let mut highest = 0u64;
     for &s in &view.delivered {
-        c.delivered += 1;
         if !got.insert(s) {
             c.duplicated += 1;
             witness(c, format!("{who}: seq {s} delivered twice"));
@@ -96,7 +117,9 @@ pub fn check_view(view: &RoomView, acked: Option<&BTreeSet<u64>>, who: &str, c: 
     };
     for &s in acked.range(base + 1..) {
         c.expected_deliveries += 1;
-        if !got.contains(&s) {
+        if got.contains(&s) {
+            c.delivered += 1;
+        } else {
             c.lost += 1;
             witness(c, format!("{who}: acknowledged seq {s} never arrived"));
         }
@@ -172,7 +195,7 @@ mod tests {
         // Joined at 5: 1..=5 are history. 7 came in a rejoin answer.
         let c = run(&view(5, &[6, 8], &[7]), &[2, 6, 7, 8]);
         assert!(c.is_clean(), "{c:?}");
-        assert_eq!(c.expected_deliveries, 3);
+        assert_eq!((c.expected_deliveries, c.delivered), (3, 3));
     }
 
     #[test]
@@ -216,5 +239,33 @@ mod tests {
             .witnesses
             .iter()
             .any(|w| w.contains("seq 3 was never seen")));
+    }
+
+    #[test]
+    fn contradicting_acknowledgements_are_flagged() {
+        use crate::workload::{Class, Rates, SimRoom};
+        let w = Workload {
+            users: vec![],
+            rooms: vec![SimRoom {
+                name: "r0".into(),
+                class: Class::Small,
+                open: true,
+                auditorium: false,
+                members: vec![],
+                direct: vec![],
+                groups: vec![],
+                posters: vec![],
+                managers: vec![],
+                post_rate_per_s: 1.0,
+            }],
+            rates: Rates::default(),
+            messages_on_join: 30,
+            namespace: "t".into(),
+        };
+        // Seq 2 given to posts 1 and 2.
+        let c = check(&[(0, 1, 0), (0, 2, 1), (0, 2, 2)], &[], &w);
+        assert_eq!(c.conflicting_acks, 1, "{c:?}");
+        assert!(!c.is_clean());
+        assert!(c.witnesses[0].contains("seq 2 acknowledged for posts 1 and 2"));
     }
 }

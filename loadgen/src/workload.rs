@@ -5,26 +5,9 @@
 //! it turns into the admin API's provisioning document, so that the server
 //! holds exactly the directory the simulated users expect.
 
+pub use scenarios::plan::Class;
 use scenarios::plan::Plan;
 use serde_json::{json, Value};
-
-/// Room classes of the user model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Class {
-    Small,
-    Medium,
-    Large,
-}
-
-impl Class {
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Small => "small",
-            Class::Medium => "medium",
-            Class::Large => "large",
-        }
-    }
-}
 
 /// One simulated user.
 #[derive(Clone, Debug)]
@@ -152,64 +135,26 @@ impl Workload {
 }
 
 impl Workload {
-    /// Builds the concrete users and rooms of a scaled plan, drawing
-    /// memberships from `seed` (the same seed gives the same workload).
+    /// Builds the concrete users and rooms of a scaled plan. Who is in which
+    /// room comes from [`Plan::memberships`] (seeded: the same seed gives the
+    /// same workload); this adds the lists a room needs on the server.
     pub fn build(plan: &Plan, namespace: &str, seed: u64) -> Workload {
-        use rand::seq::SliceRandom;
-        let mut rng = crate::schedule::rng(seed);
-        let n = plan.users.max(1) as usize;
-        let extra = plan.endpoints.saturating_sub(plan.users).min(plan.users) as usize;
-        let mut users: Vec<SimUser> = (0..n)
-            .map(|i| SimUser {
-                name: format!("{namespace}u{i}"),
-                endpoints: if i < extra { 2 } else { 1 },
-                rooms: Vec::new(),
+        let m = plan.memberships(seed);
+        let users = (0..m.users())
+            .map(|u| SimUser {
+                name: format!("{namespace}u{u}"),
+                endpoints: m.endpoints_of(u).len() as u8,
+                rooms: m.rooms_of(u).to_vec(),
             })
             .collect();
-        let mut rooms = Vec::new();
-        let classes = [
-            (Class::Small, &plan.small),
-            (Class::Medium, &plan.medium),
-            (Class::Large, &plan.large),
-        ];
-        for (class, c) in classes {
-            if c.rooms == 0 {
-                continue;
-            }
-            let size = c.size.clamp(1, n as u64) as usize;
-            // Every user takes rooms_per_user seats; the shuffled seats are
-            // dealt to the rooms of the class, `size` each.
-            let mut seats: Vec<u32> = (0..n as u32)
-                .flat_map(|u| std::iter::repeat_n(u, c.rooms_per_user as usize))
-                .collect();
-            seats.shuffle(&mut rng);
-            let mut next = 0usize;
-            for r in 0..c.rooms as usize {
-                let mut members: Vec<u32> = Vec::with_capacity(size);
-                let mut set = std::collections::HashSet::with_capacity(size);
-                // Deal seats; when they run out (more room capacity than
-                // seats), fill from random users so every room has `size`.
-                while members.len() < size {
-                    let u = if next < seats.len() {
-                        next += 1;
-                        seats[next - 1]
-                    } else {
-                        use rand::Rng;
-                        rng.gen_range(0..n as u32)
-                    };
-                    if set.insert(u) {
-                        members.push(u);
-                    } else if set.len() >= n {
-                        break;
-                    }
-                }
-                let open = (r as u64) < c.open;
-                let auditorium = (r as u64) >= c.open && ((r as u64) - c.open) < c.auditoriums;
-                let index = rooms.len() as u32;
-                for &u in &members {
-                    users[u as usize].rooms.push(index);
-                }
-                let posters = if auditorium {
+        let rooms = (0..m.rooms())
+            .map(|r| {
+                let info = plan
+                    .room_info(r)
+                    .expect("memberships number every room of the plan");
+                let c = plan.class(info.class);
+                let members = m.members(r).to_vec();
+                let posters = if info.auditorium {
                     members
                         .iter()
                         .take(plan.presenters_per_auditorium.max(1) as usize)
@@ -218,26 +163,14 @@ impl Workload {
                 } else {
                     members.clone()
                 };
-                let (direct, groups) = if open {
+                let (direct, groups) = if info.open {
                     (Vec::new(), Vec::new())
                 } else {
-                    let d =
-                        ((members.len() as f64) * c.direct_membership_fraction).round() as usize;
-                    let d = if c.groups_per_nonopen_room == 0 {
-                        members.len()
-                    } else {
-                        d
-                    };
-                    let rest = &members[d.min(members.len())..];
-                    let k = (c.groups_per_nonopen_room as usize).clamp(1, rest.len().max(1));
-                    let groups: Vec<Vec<u32>> = if rest.is_empty() {
-                        Vec::new()
-                    } else {
-                        rest.chunks(rest.len().div_ceil(k))
-                            .map(<[u32]>::to_vec)
-                            .collect()
-                    };
-                    (members[..d.min(members.len())].to_vec(), groups)
+                    member_lists(
+                        &members,
+                        c.direct_membership_fraction,
+                        c.groups_per_nonopen_room,
+                    )
                 };
                 let managers = members
                     .iter()
@@ -245,20 +178,20 @@ impl Workload {
                     .take(plan.managers_per_room as usize)
                     .copied()
                     .collect();
-                rooms.push(SimRoom {
-                    name: format!("{namespace}{}{r}", class.name()),
-                    class,
-                    open,
-                    auditorium,
+                SimRoom {
+                    name: format!("{namespace}{}{}", info.class.name(), info.index_in_class),
+                    class: info.class,
+                    open: info.open,
+                    auditorium: info.auditorium,
                     members,
                     direct,
                     groups,
                     posters,
                     managers,
-                    post_rate_per_s: c.chat_rate_per_s / c.rooms as f64,
-                });
-            }
-        }
+                    post_rate_per_s: c.chat_rate_per_s / c.rooms.max(1) as f64,
+                }
+            })
+            .collect();
         Workload {
             users,
             rooms,
@@ -273,6 +206,26 @@ impl Workload {
             namespace: namespace.to_owned(),
         }
     }
+}
+
+/// Splits a non-open room's members into those listed by name and the
+/// groups that list the rest (`groups` of about equal size).
+fn member_lists(members: &[u32], direct_fraction: f64, groups: u64) -> (Vec<u32>, Vec<Vec<u32>>) {
+    if groups == 0 || members.is_empty() {
+        return (members.to_vec(), Vec::new());
+    }
+    let d = ((members.len() as f64) * direct_fraction).round() as usize;
+    let d = d.min(members.len());
+    let rest = &members[d..];
+    if rest.is_empty() {
+        return (members.to_vec(), Vec::new());
+    }
+    let k = (groups as usize).clamp(1, rest.len());
+    let groups = rest
+        .chunks(rest.len().div_ceil(k))
+        .map(<[u32]>::to_vec)
+        .collect();
+    (members[..d].to_vec(), groups)
 }
 
 #[cfg(test)]

@@ -221,11 +221,13 @@ impl UserModel {
             field: e.field,
             message: e.message,
         })?;
-        model.validate().map_err(|(field, message)| ModelError::Invalid {
-            origin: origin.to_owned(),
-            field,
-            message: message.to_owned(),
-        })?;
+        model
+            .validate()
+            .map_err(|(field, message)| ModelError::Invalid {
+                origin: origin.to_owned(),
+                field,
+                message: message.to_owned(),
+            })?;
         Ok(model)
     }
 
@@ -251,7 +253,10 @@ impl UserModel {
                 return fail(&format!("rooms.{name}.count"), "must be at least 1");
             }
             if !(c.chat_rate_per_s >= 0.0 && c.chat_rate_per_s.is_finite()) {
-                return fail(&format!("rooms.{name}.chat_rate_per_s"), "must be zero or more");
+                return fail(
+                    &format!("rooms.{name}.chat_rate_per_s"),
+                    "must be zero or more",
+                );
             }
         }
         if !(self.activity.participant_poll_interval_s > 0.0
@@ -265,7 +270,10 @@ impl UserModel {
         if !(self.activity.visible_rooms_per_endpoint >= 0.0
             && self.activity.visible_rooms_per_endpoint.is_finite())
         {
-            return fail("activity.visible_rooms_per_endpoint", "must be zero or more");
+            return fail(
+                "activity.visible_rooms_per_endpoint",
+                "must be zero or more",
+            );
         }
         let on_join = self.configuration_defaults.messages_loaded_on_join;
         if !(1..=500).contains(&on_join) {
@@ -324,12 +332,16 @@ mod tests {
     fn a_planners_model_with_a_bad_value_is_refused_with_its_field() {
         let text = VENDOR_MODEL.replace("active_users = 80_000", "active_users = 0");
         let e = UserModel::parse(&text, "mine.toml").unwrap_err();
-        assert_eq!(e.to_string(), "mine.toml: pool.active_users: must be at least 1");
+        assert_eq!(
+            e.to_string(),
+            "mine.toml: pool.active_users: must be at least 1"
+        );
 
         let text = VENDOR_MODEL.replace("size = 150", "size = \"big\"");
         let e = UserModel::parse(&text, "mine.toml").unwrap_err();
         assert!(
-            e.to_string().starts_with("mine.toml:28:1: rooms.medium.size: invalid type"),
+            e.to_string()
+                .starts_with("mine.toml:28:1: rooms.medium.size: invalid type"),
             "{e}"
         );
     }

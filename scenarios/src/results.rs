@@ -122,9 +122,9 @@ pub struct Correctness {
     pub acknowledged: u64,
     /// (message, endpoint) deliveries the protocol requires: every endpoint
     /// joined to the room for the whole time from post to the end of the
-    /// grace period.
+    /// grace period (the exact rule is in the load generator's `check` module).
     pub expected_deliveries: u64,
-    /// Deliveries received.
+    /// Required deliveries that arrived: `expected_deliveries - lost`.
     pub delivered: u64,
     /// Required deliveries that never arrived.
     pub lost: u64,
@@ -135,15 +135,25 @@ pub struct Correctness {
     /// Sequence numbers that were not dense (a gap in what the server
     /// assigned in a room).
     pub sequence_gaps: u64,
+    /// Acknowledgements that contradict each other: one sequence number
+    /// given to two messages of a room, or one message acknowledged at two
+    /// sequence numbers.
+    #[serde(default)]
+    pub conflicting_acks: u64,
     /// Up to 20 human-readable witnesses of anomalies.
     #[serde(default)]
     pub witnesses: Vec<String>,
 }
 
 impl Correctness {
-    /// True when nothing was lost, duplicated, reordered or skipped.
+    /// True when nothing was lost, duplicated, reordered or skipped, and no
+    /// two acknowledgements contradict each other.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.reordered == 0 && self.sequence_gaps == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.sequence_gaps == 0
+            && self.conflicting_acks == 0
     }
 }
 

@@ -65,7 +65,11 @@ pub(crate) fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Located> {
         Located {
             line,
             column,
-            field: Some(if field.is_empty() { "(file)".into() } else { field }),
+            field: Some(if field.is_empty() {
+                "(file)".into()
+            } else {
+                field
+            }),
             message,
         }
     })
@@ -131,11 +135,13 @@ fn key_start(text: &str, offset: usize) -> usize {
         return offset;
     };
     let lhs = lhs.trim_end();
-    // Walk back over the key: bare keys, dots and quoted parts.
+    // Walk back over the key (bare or quoted parts joined by dots); a
+    // quoted part with a space in it stops the walk early, which only moves
+    // the column.
     let key_len = lhs
         .chars()
         .rev()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\''))
+        .take_while(|c| !c.is_whitespace() && !matches!(c, '{' | ',' | '='))
         .map(char::len_utf8)
         .sum::<usize>();
     if key_len == 0 {

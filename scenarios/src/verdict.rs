@@ -1,10 +1,18 @@
-//! Verdicts, computed from measured results against the objective.
+//! Verdicts, computed from measured results against the objective, and
+//! nowhere else.
 //!
 //! A step meets the objective when every criterion holds over its steady
 //! window: p99 delivery, p99 post acknowledgement and p99 history read at
-//! most their targets, errors below the ratio, and a clean correctness check.
-//! An operation the run was supposed to measure but did not is a failure
-//! ("not measured"), never a pass.
+//! most their targets, errors at most `max_error_pct` percent of the
+//! operations, and a clean correctness check. A criterion the run was
+//! supposed to measure but did not (no samples, no operations, nothing
+//! acknowledged) does not hold and says "not measured": an idle run never
+//! passes.
+//!
+//! A verdict on a claim also needs a valid run: one whose generator kept up,
+//! that hit no host limit and that ran to its planned end. Otherwise the
+//! numbers may describe the load generator or the host rather than the
+//! server, and the verdict says "invalid run: ...".
 
 use crate::results::{RunResult, Step};
 use crate::Slo;
@@ -12,8 +20,11 @@ use crate::Slo;
 /// One criterion of the objective at one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
+    /// What is judged: "delivery latency", "errors", ...
     pub what: String,
+    /// The objective in words: "p99 ≤ 250 ms".
     pub target: String,
+    /// What was measured, in words, or "not measured".
     pub measured: String,
     pub holds: bool,
 }
@@ -31,8 +42,11 @@ pub struct Judgement {
 /// The verdict on a claim.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimVerdict {
+    /// The claim in the vendor's words.
     pub claim: String,
+    /// The claim's users and the objective, in words.
     pub target: String,
+    /// What the judged step measured, in words.
     pub measured: String,
     pub holds: bool,
     pub why: String,
@@ -41,23 +55,36 @@ pub struct ClaimVerdict {
 /// What a stepped run found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Knee {
-    /// The largest user count whose step met the objective.
+    /// The user count of the last step that met the objective before the
+    /// first that broke it; `None` when the first step broke it.
     pub capacity: Option<u64>,
-    /// The first user count that broke it, and why.
+    /// The first user count that broke it, and why; `None` when no step did.
     pub broke_at: Option<(u64, String)>,
+    /// Why the run cannot support the finding, when it cannot (see
+    /// [`invalid_because`]).
+    pub invalid: Option<String>,
 }
 
+/// The operations every step must have measured, with their names in words.
+const LATENCIES: [(&str, &str); 3] = [
+    ("delivery", "delivery latency"),
+    ("post_ack", "post acknowledgement"),
+    ("history", "history read"),
+];
+
 fn latency_check(step: &Step, key: &str, what: &str, target_ms: f64) -> Check {
+    let target = format!("p99 ≤ {target_ms} ms");
     match step.latencies.get(key).filter(|l| l.count > 0) {
         Some(l) => Check {
             what: what.into(),
-            target: format!("p99 ≤ {target_ms} ms"),
+            target,
             measured: format!("p99 {:.1} ms ({} samples)", l.p99_ms, l.count),
+            // A NaN never holds.
             holds: l.p99_ms <= target_ms,
         },
         None => Check {
             what: what.into(),
-            target: format!("p99 ≤ {target_ms} ms"),
+            target,
             measured: "not measured".into(),
             holds: false,
         },
@@ -66,43 +93,59 @@ fn latency_check(step: &Step, key: &str, what: &str, target_ms: f64) -> Check {
 
 /// Judges one step against the objective.
 pub fn judge(step: &Step, slo: &Slo) -> Judgement {
-    let mut checks = vec![
-        latency_check(step, "delivery", "delivery latency", slo.p99_delivery_ms),
-        latency_check(
-            step,
-            "post_ack",
-            "post acknowledgement",
-            slo.p99_post_ack_ms,
-        ),
-        latency_check(step, "history", "history read", slo.p99_history_ms),
-    ];
+    let targets = [slo.p99_delivery_ms, slo.p99_post_ack_ms, slo.p99_history_ms];
+    let mut checks: Vec<Check> = LATENCIES
+        .iter()
+        .zip(targets)
+        .map(|((key, what), target)| latency_check(step, key, what, target))
+        .collect();
+
     let ops: u64 = step.operations.values().sum();
     let errors: u64 = step.errors.values().sum();
-    let pct = if ops == 0 {
-        0.0
+    let target = format!("≤ {} % of operations", slo.max_error_pct);
+    checks.push(if ops == 0 {
+        Check {
+            what: "errors".into(),
+            target,
+            measured: "not measured (no operations)".into(),
+            holds: false,
+        }
     } else {
-        100.0 * errors as f64 / ops as f64
-    };
-    checks.push(Check {
-        what: "errors".into(),
-        target: format!("< {} % of operations", slo.max_error_pct),
-        measured: if ops == 0 {
-            "no operations".into()
-        } else {
-            format!("{pct:.3} % ({errors} of {ops})")
-        },
-        holds: ops > 0 && pct < slo.max_error_pct,
+        let pct = 100.0 * errors as f64 / ops as f64;
+        Check {
+            what: "errors".into(),
+            target,
+            measured: format!("{pct:.3} % ({errors} of {ops})"),
+            holds: pct <= slo.max_error_pct,
+        }
     });
+
     let c = &step.correctness;
-    checks.push(Check {
-        what: "correctness".into(),
-        target: "nothing lost, duplicated, reordered or skipped".into(),
-        measured: format!(
-            "{} lost, {} duplicated, {} reordered, {} gaps of {} owed deliveries",
-            c.lost, c.duplicated, c.reordered, c.sequence_gaps, c.expected_deliveries
-        ),
-        holds: c.is_clean() && c.acknowledged > 0,
+    let target = "nothing lost, duplicated, reordered or skipped".to_owned();
+    checks.push(if c.acknowledged == 0 {
+        Check {
+            what: "correctness".into(),
+            target,
+            measured: "not measured (no post acknowledged)".into(),
+            holds: false,
+        }
+    } else {
+        Check {
+            what: "correctness".into(),
+            target,
+            measured: format!(
+                "{} lost of {} owed deliveries, {} duplicated, {} reordered, {} sequence gaps, {} conflicting acknowledgements",
+                c.lost,
+                c.expected_deliveries,
+                c.duplicated,
+                c.reordered,
+                c.sequence_gaps,
+                c.conflicting_acks
+            ),
+            holds: c.is_clean(),
+        }
     });
+
     let failing: Vec<String> = checks
         .iter()
         .filter(|c| !c.holds)
@@ -120,7 +163,10 @@ pub fn judge(step: &Step, slo: &Slo) -> Judgement {
     }
 }
 
-/// Why a run cannot support a verdict, if it cannot.
+/// Why a run cannot support a verdict, if it cannot: the generator
+/// saturated, a host limit was hit, or the run did not reach its planned
+/// end. A stepped run that stopped at the first broken step, as planned,
+/// is complete.
 pub fn invalid_because(result: &RunResult) -> Option<String> {
     if result.generator.saturated {
         return Some(format!(
@@ -147,93 +193,108 @@ pub fn invalid_because(result: &RunResult) -> Option<String> {
     None
 }
 
-/// The verdict on the run's claim: the step at the claim's user count must
-/// meet the objective, in a valid run.
+/// The verdict on the run's claim, or `None` when the run verifies no
+/// claim.
+///
+/// The judged step is the one at the claim's user count, else the last
+/// step. The claim holds when that step carried at least the claimed users
+/// and met the objective, in a valid run.
 pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
     let claim = result.claim.as_ref()?;
+    let slo = &result.slo;
     let target = format!(
-        "{} users: p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors < {} %, nothing lost",
-        claim.users,
-        result.slo.p99_delivery_ms,
-        result.slo.p99_post_ack_ms,
-        result.slo.p99_history_ms,
-        result.slo.max_error_pct
+        "{} users: p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors ≤ {} %, nothing lost, duplicated or reordered",
+        claim.users, slo.p99_delivery_ms, slo.p99_post_ack_ms, slo.p99_history_ms, slo.max_error_pct
     );
-    let Some(step) = result.steps.iter().find(|s| s.users == claim.users) else {
-        if let Some(n) = result.not_run.iter().find(|n| n.users == claim.users) {
-            return Some(ClaimVerdict {
-                claim: claim.text.clone(),
-                target,
-                measured: "not measured".into(),
-                holds: false,
-                why: format!("not verifiable on this host: {}", n.reason),
-            });
-        }
-        let ran: Vec<String> = result.steps.iter().map(|s| s.users.to_string()).collect();
-        return Some(ClaimVerdict {
-            claim: claim.text.clone(),
-            target,
-            measured: "not measured".into(),
-            holds: false,
-            why: format!(
-                "no step ran at {} users (steps: {})",
-                claim.users,
-                if ran.is_empty() {
-                    "none".into()
-                } else {
-                    ran.join(", ")
-                }
-            ),
-        });
-    };
-    let j = judge(step, &result.slo);
-    let measured = j
-        .checks
-        .iter()
-        .map(|c| format!("{}: {}", c.what, c.measured))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let (holds, why) = match invalid_because(result) {
-        Some(reason) => (false, reason),
-        None => (j.holds, j.why),
-    };
-    Some(ClaimVerdict {
+    let verdict = |measured: String, holds: bool, why: String| ClaimVerdict {
         claim: claim.text.clone(),
-        target,
+        target: target.clone(),
         measured,
         holds,
         why,
-    })
+    };
+    let exact = result.steps.iter().find(|s| s.users == claim.users);
+    if exact.is_none() {
+        if let Some(n) = result.not_run.iter().find(|n| n.users == claim.users) {
+            return Some(verdict(
+                "not measured".into(),
+                false,
+                format!("not verifiable on this host: {}", n.reason),
+            ));
+        }
+    }
+    let Some(step) = exact.or(result.steps.last()) else {
+        return Some(verdict(
+            "not measured".into(),
+            false,
+            format!("no step ran at {} users (no step ran at all)", claim.users),
+        ));
+    };
+    let j = judge(step, slo);
+    let measured = format!(
+        "at {} users: {}",
+        step.users,
+        j.checks
+            .iter()
+            .map(|c| format!("{}: {}", c.what, c.measured))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let (holds, why) = if let Some(reason) = invalid_because(result) {
+        (false, reason)
+    } else if step.users < claim.users {
+        (
+            false,
+            format!(
+                "no step ran at {} users: the run reached {} users",
+                claim.users, step.users
+            ),
+        )
+    } else if step.users > claim.users && j.holds {
+        (
+            true,
+            format!(
+                "the objective held at {} users, more than the claim's {}",
+                step.users, claim.users
+            ),
+        )
+    } else {
+        (j.holds, j.why)
+    };
+    Some(verdict(measured, holds, why))
 }
 
-/// The capacity a stepped run found: the largest step that met the
-/// objective before the first that broke it.
+/// The capacity a stepped run found: the last step that met the objective
+/// before the first that broke it (steps after a break do not raise it:
+/// capacity is where the objective first fails). `None` when no step ran.
 pub fn knee(result: &RunResult) -> Option<Knee> {
-    if result.steps.len() < 2 && result.claim.is_some() {
+    if result.steps.is_empty() {
         return None;
     }
+    let invalid = invalid_because(result);
     let mut capacity = None;
     for s in &result.steps {
         let j = judge(s, &result.slo);
-        if j.holds {
-            capacity = Some(s.users);
-        } else {
+        if !j.holds {
             return Some(Knee {
                 capacity,
                 broke_at: Some((s.users, j.why)),
+                invalid,
             });
         }
+        capacity = Some(s.users);
     }
     Some(Knee {
         capacity,
         broke_at: None,
+        invalid,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{Correctness, GeneratorHealth, Latency, Machine};
+    use crate::results::{Correctness, GeneratorHealth, Latency, Machine, NotRun};
     use crate::Claim;
 
     fn lat(p99: f64) -> Latency {
@@ -244,6 +305,8 @@ mod tests {
         }
     }
 
+    /// A step that meets the default objective unless `delivery_p99` is
+    /// above 250 ms.
     fn step(users: u64, delivery_p99: f64) -> Step {
         Step {
             users,
@@ -302,58 +365,129 @@ mod tests {
     fn a_step_within_every_target_holds() {
         let j = judge(&step(100, 40.0), &Slo::default());
         assert!(j.holds, "{}", j.why);
-        assert_eq!(j.checks.len(), 5);
+        assert_eq!(j.why, "every criterion holds");
+        assert_eq!(
+            j.checks.iter().map(|c| c.what.as_str()).collect::<Vec<_>>(),
+            [
+                "delivery latency",
+                "post acknowledgement",
+                "history read",
+                "errors",
+                "correctness"
+            ]
+        );
+        // Exactly at the target holds.
+        assert!(judge(&step(100, 250.0), &Slo::default()).holds);
     }
 
     #[test]
-    fn each_criterion_can_break_a_step() {
+    fn each_criterion_can_break_a_step_and_is_named() {
         let slo = Slo::default();
-        let j = judge(&step(100, 251.0), &slo);
-        assert!(
-            !j.holds && j.why.starts_with("delivery latency"),
-            "{}",
-            j.why
+        let broken = |s: &Step| {
+            let j = judge(s, &slo);
+            assert!(!j.holds);
+            let failing: Vec<String> = j
+                .checks
+                .iter()
+                .filter(|c| !c.holds)
+                .map(|c| c.what.clone())
+                .collect();
+            (failing, j.why)
+        };
+
+        let (failing, why) = broken(&step(100, 251.0));
+        assert_eq!(failing, ["delivery latency"]);
+        assert_eq!(
+            why,
+            "delivery latency: p99 251.0 ms (1000 samples) (target p99 ≤ 250 ms)"
         );
 
         let mut s = step(100, 40.0);
-        s.errors.insert("post_ack:busy".into(), 11);
-        let j = judge(&s, &slo);
-        assert!(!j.holds && j.why.starts_with("errors"), "{}", j.why);
+        s.latencies.get_mut("post_ack").unwrap().p99_ms = 201.0;
+        assert_eq!(broken(&s).0, ["post acknowledgement"]);
 
         let mut s = step(100, 40.0);
-        s.correctness.lost = 1;
-        assert!(!judge(&s, &slo).holds);
+        s.latencies.get_mut("history").unwrap().p99_ms = 501.0;
+        assert_eq!(broken(&s).0, ["history read"]);
 
+        // 11 errors in 10,000 operations is 0.11 %; 10 is exactly 0.1 %.
+        let mut s = step(100, 40.0);
+        s.errors.insert("busy".into(), 11);
+        let (failing, why) = broken(&s);
+        assert_eq!(failing, ["errors"]);
+        assert!(why.contains("0.110 % (11 of 10000)"), "{why}");
+        s.errors.insert("busy".into(), 10);
+        assert!(judge(&s, &slo).holds);
+
+        for spoil in [
+            |c: &mut Correctness| c.lost = 1,
+            |c: &mut Correctness| c.duplicated = 1,
+            |c: &mut Correctness| c.reordered = 1,
+            |c: &mut Correctness| c.sequence_gaps = 1,
+            |c: &mut Correctness| c.conflicting_acks = 1,
+        ] {
+            let mut s = step(100, 40.0);
+            spoil(&mut s.correctness);
+            assert_eq!(broken(&s).0, ["correctness"]);
+        }
+    }
+
+    #[test]
+    fn a_missing_measurement_does_not_hold() {
+        let slo = Slo::default();
         let mut s = step(100, 40.0);
         s.latencies.remove("history");
+        s.latencies.get_mut("delivery").unwrap().count = 0;
         let j = judge(&s, &slo);
+        assert!(!j.holds);
+        assert!(j.why.contains("history read: not measured"), "{}", j.why);
         assert!(
-            !j.holds && j.why.contains("history read: not measured"),
+            j.why.contains("delivery latency: not measured"),
             "{}",
             j.why
         );
+
+        let mut s = step(100, 40.0);
+        s.operations.clear();
+        s.correctness.acknowledged = 0;
+        let j = judge(&s, &slo);
+        assert!(j.why.contains("errors: not measured"), "{}", j.why);
+        assert!(j.why.contains("correctness: not measured"), "{}", j.why);
     }
 
     #[test]
-    fn a_claim_holds_only_at_its_user_count_in_a_valid_run() {
+    fn a_claim_holds_only_at_its_users_in_a_valid_run() {
         let v = claim_verdict(&result(vec![step(20_000, 50.0)], Some(20_000))).unwrap();
         assert!(v.holds, "{}", v.why);
+        assert!(v.measured.starts_with("at 20000 users: delivery latency"));
+        assert!(v.target.starts_with("20000 users: p99 delivery ≤ 250 ms"));
 
-        let v = claim_verdict(&result(vec![step(2_000, 50.0)], Some(20_000))).unwrap();
+        let v = claim_verdict(&result(vec![step(20_000, 300.0)], Some(20_000))).unwrap();
         assert!(
-            !v.holds && v.why.contains("no step ran at 20000 users"),
+            !v.holds && v.why.starts_with("delivery latency"),
             "{}",
             v.why
         );
 
-        let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
-        r.generator.saturated = true;
-        r.generator.reason = Some("100 % CPU".into());
-        let v = claim_verdict(&r).unwrap();
-        assert!(!v.holds && v.why.starts_with("invalid run"), "{}", v.why);
+        // The step at the claim's users is judged, not the last one.
+        let r = result(vec![step(20_000, 50.0), step(25_000, 900.0)], Some(20_000));
+        assert!(claim_verdict(&r).unwrap().holds);
+
+        // Without it, the last step; short of the claim, it cannot hold.
+        let v = claim_verdict(&result(vec![step(2_000, 50.0)], Some(20_000))).unwrap();
+        assert!(!v.holds);
+        assert_eq!(
+            v.why,
+            "no step ran at 20000 users: the run reached 2000 users"
+        );
+        let v = claim_verdict(&result(vec![step(25_000, 50.0)], Some(20_000))).unwrap();
+        assert!(v.holds, "{}", v.why);
+
+        let v = claim_verdict(&result(vec![], Some(20_000))).unwrap();
+        assert!(!v.holds && v.measured == "not measured");
 
         let mut r = result(vec![], Some(20_000));
-        r.not_run.push(crate::results::NotRun {
+        r.not_run.push(NotRun {
             users: 20_000,
             endpoints: 30_000,
             reason: "the server may hold 20000 open files".into(),
@@ -365,10 +499,35 @@ mod tests {
             v.why
         );
 
+        assert!(claim_verdict(&result(vec![step(10, 50.0)], None)).is_none());
+    }
+
+    #[test]
+    fn an_invalid_run_supports_no_claim() {
         let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
-        r.limits_hit.push("fd limit".into());
-        assert!(!claim_verdict(&r).unwrap().holds);
-        assert!(claim_verdict(&result(vec![], None)).is_none());
+        r.generator.saturated = true;
+        r.generator.reason = Some("CPU at 100 % for 30 s".into());
+        let v = claim_verdict(&r).unwrap();
+        assert!(!v.holds);
+        assert_eq!(
+            v.why,
+            "invalid run: the load generator saturated (CPU at 100 % for 30 s)"
+        );
+
+        let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
+        r.completed = false;
+        r.ended_because = Some("interrupted (Ctrl-C)".into());
+        let v = claim_verdict(&r).unwrap();
+        assert!(!v.holds);
+        assert_eq!(
+            v.why,
+            "invalid run: it did not complete (interrupted (Ctrl-C))"
+        );
+
+        let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
+        r.limits_hit.push("open files: 1024".into());
+        let v = claim_verdict(&r).unwrap();
+        assert!(!v.holds && v.why.starts_with("invalid run: host limit"));
     }
 
     #[test]
@@ -384,8 +543,25 @@ mod tests {
         );
         let k = knee(&r).unwrap();
         assert_eq!(k.capacity, Some(20));
-        assert_eq!(k.broke_at.as_ref().map(|b| b.0), Some(30));
-        let r = result(vec![step(10, 300.0)], None);
-        assert_eq!(knee(&r).unwrap().capacity, None);
+        let (at, why) = k.broke_at.unwrap();
+        assert_eq!(at, 30);
+        assert!(why.starts_with("delivery latency: p99 400.0 ms"), "{why}");
+        assert_eq!(k.invalid, None);
+
+        let k = knee(&result(vec![step(10, 300.0)], None)).unwrap();
+        assert_eq!((k.capacity, k.broke_at.map(|b| b.0)), (None, Some(10)));
+
+        let k = knee(&result(vec![step(10, 50.0), step(20, 50.0)], None)).unwrap();
+        assert_eq!((k.capacity, k.broke_at), (Some(20), None));
+
+        let mut r = result(vec![step(10, 50.0)], None);
+        r.generator.saturated = true;
+        assert!(knee(&r)
+            .unwrap()
+            .invalid
+            .unwrap()
+            .starts_with("invalid run"));
+
+        assert_eq!(knee(&result(vec![], None)), None);
     }
 }

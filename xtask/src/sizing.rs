@@ -9,8 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use loadgen::run::{Progress, RunSpec, StepSpec, Target};
 use loadgen::workload::Workload;
-use scenarios::model::UserModel;
-use scenarios::plan::{Plan, PlanOptions};
 use scenarios::scenario::TopologyKind;
 use scenarios::{verdict, Scenario};
 use tokio_util::sync::CancellationToken;
@@ -62,12 +60,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 names.join(", ")
             )
         })?;
-        scenarios.push(s);
+        scenarios.push((s, None));
     }
     for file in &args.files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-        scenarios.push(Scenario::parse(&text, &file.display().to_string())?);
+        let parsed = Scenario::parse(&text, &file.display().to_string())?;
+        scenarios.push((parsed, file.parent().map(Path::to_path_buf)));
     }
     let baseline = match &args.baseline {
         Some(p) => Some(
@@ -99,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         workspace_root().join(&args.out)
     };
     let mut summaries = Vec::new();
-    for scenario in scenarios {
+    for (scenario, scenario_dir) in scenarios {
         if interrupt.is_cancelled() {
             break;
         }
@@ -115,6 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &rt,
             &scenario,
             &args,
+            scenario_dir.as_deref(),
             &dir,
             baseline.clone(),
             interrupt.clone(),
@@ -132,21 +132,13 @@ fn run_scenario(
     rt: &tokio::runtime::Runtime,
     scenario: &Scenario,
     args: &Args,
+    scenario_dir: Option<&Path>,
     dir: &Path,
     baseline: Option<scenarios::results::RunResult>,
     interrupt: CancellationToken,
 ) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
-    let model = match scenario.model.source.as_str() {
-        "vendor" => UserModel::vendor(),
-        path => UserModel::from_toml_str(
-            &std::fs::read_to_string(path).with_context(|| format!("read model {path}"))?,
-        )?,
-    };
-    let opts = PlanOptions {
-        chat_rate: scenario.model.chat_rate,
-        endpoints_per_user: scenario.model.endpoints_per_user,
-    };
+    let model = scenario.user_model(scenario_dir)?;
     // The server: one started here, or the one named by --target.
     let (server, target) = match (&args.target, scenario.topology.kind) {
         (Some(url), _) => {
@@ -203,7 +195,7 @@ fn run_scenario(
     };
     let seed = scenario.seed;
     let make = |users: u64, ns: &str| {
-        let plan = Plan::for_users(&model, users, &opts);
+        let plan = scenario.plan(&model, users);
         Workload::build(&plan, ns, seed ^ users)
     };
     let slo = scenario.slo.clone();
@@ -400,6 +392,8 @@ fn progress_bar(disabled: bool) -> Option<indicatif::ProgressBar> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scenarios::model::UserModel;
+    use scenarios::plan::{Plan, PlanOptions};
 
     /// A short real run: a reference server process on loopback, a few
     /// hundred simulated users, the whole pipeline through the report. The
