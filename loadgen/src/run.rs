@@ -55,7 +55,8 @@ pub struct RunSpec {
     pub stop_when_broken: bool,
     /// goose users executing the request/response operations.
     pub workers: usize,
-    /// Where goose writes its own HTML report (optional).
+    /// The directory where goose writes its own HTML report of each step
+    /// (`goose-<users>-users.html`), if any.
     pub goose_report: Option<std::path::PathBuf>,
     pub command: String,
 }
@@ -222,10 +223,11 @@ const FD_HEADROOM: u64 = 600;
 /// may hold only its open-file limit.
 fn preflight(w: &Workload, target: &Target, own_limit: u64, workers: usize) -> Option<String> {
     let streams = w.endpoints();
+    let mut reasons = Vec::new();
     let own_need = streams + FD_HEADROOM + workers as u64;
     if own_limit > 0 && own_need > own_limit {
-        return Some(format!(
-            "{streams} event streams need about {own_need} open files in the load generator, whose              limit is {own_limit}; raise the hard limit (ulimit -Hn, /etc/security/limits.conf) or              run the generator on a host that allows it"
+        reasons.push(format!(
+            "the load generator needs about {own_need} open files and may hold {own_limit}"
         ));
     }
     let server_limit = target
@@ -235,11 +237,19 @@ fn preflight(w: &Workload, target: &Target, own_limit: u64, workers: usize) -> O
         .sum::<u64>();
     let server_need = streams + FD_HEADROOM;
     if server_limit > 0 && server_need > server_limit {
-        return Some(format!(
-            "{streams} event streams need about {server_need} open files in the server, whose              process limit is {server_limit}; raise it (LimitNOFILE, ulimit -Hn) or run the node              as several processes (the pool of issue #4)"
+        reasons.push(format!(
+            "the server process needs about {server_need} and may hold {server_limit}"
         ));
     }
-    None
+    if reasons.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{streams} event streams do not fit: {}. Raise the open-file limit of both \
+         processes (ulimit -Hn, LimitNOFILE), or run the server as several processes \
+         (the pool, issue #4) and the generator on more than one process or host.",
+        reasons.join("; ")
+    ))
 }
 
 struct StepCtx<'a> {
@@ -441,9 +451,13 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         acks: Arc::default(),
         lag_max_us: AtomicU64::new(0),
     });
+    let goose_report = spec
+        .goose_report
+        .as_ref()
+        .map(|dir| dir.join(format!("goose-{}-users.html", step_spec.users)));
     if !interrupt.is_cancelled() {
         tokio::select! {
-            r = crate::ops::run(shared.clone(), &target.base, spec.workers, spec.goose_report.as_deref()) => { r?; }
+            r = crate::ops::run(shared.clone(), &target.base, spec.workers, goose_report.as_deref()) => { r?; }
             _ = interrupt.cancelled() => {}
         }
     }

@@ -166,6 +166,10 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     linger: Duration,
     queue: usize,
+    /// The configured participant-update limit, for removals the hub starts
+    /// itself (expiry, revocation): kept here so they follow the same
+    /// notification rule as a leave, instead of notifying without limit.
+    update_limit: std::sync::atomic::AtomicUsize,
     /// Where (room, user name, joined) is reported when a user's presence in
     /// a room begins or ends, for the compliance record.
     notes: Option<mpsc::UnboundedSender<Note>>,
@@ -208,6 +212,7 @@ impl Hub {
             metrics,
             linger,
             queue: queue.max(1),
+            update_limit: std::sync::atomic::AtomicUsize::new(75),
             notes,
         }
     }
@@ -373,6 +378,17 @@ impl Hub {
         }
     }
 
+    /// Sets the participant-update limit the hub applies to removals it
+    /// makes itself.
+    pub fn set_update_limit(&self, limit: usize) {
+        self.update_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn update_limit(&self) -> usize {
+        self.update_limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Detaches a finished stream; the session lingers before it leaves its rooms.
     pub fn detach(self: &Arc<Self>, session: &Arc<Session>, conn_id: u64) {
         {
@@ -426,8 +442,9 @@ impl Hub {
             }
         }
         self.metrics.sessions.dec();
+        let limit = self.update_limit();
         for room in rooms {
-            self.unsubscribe(room, session, None, usize::MAX);
+            self.unsubscribe(room, session, None, limit);
         }
     }
 
@@ -524,8 +541,9 @@ impl Hub {
                 .cloned()
                 .collect()
         };
+        let limit = self.update_limit();
         for s in victims {
-            self.unsubscribe(room, &s, Some(reason), usize::MAX);
+            self.unsubscribe(room, &s, Some(reason), limit);
         }
     }
 

@@ -190,7 +190,7 @@ fn run_scenario(
         stop_when_broken: scenario.load.steps.is_some(),
         steps,
         workers: scenario.load.workers,
-        goose_report: Some(dir.join("goose-report.html")),
+        goose_report: Some(dir.to_path_buf()),
         command,
     };
     let seed = scenario.seed;

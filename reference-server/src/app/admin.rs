@@ -628,6 +628,8 @@ impl App {
             vec![audit],
         )
         .await?;
+        self.hub
+            .set_update_limit(s.participant_update_limit as usize);
         self.settings
             .write()
             .expect("settings lock poisoned")

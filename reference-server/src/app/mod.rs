@@ -140,6 +140,7 @@ impl App {
         metrics.rooms.set(dir.rooms.len() as i64);
         metrics.users.set(dir.users.len() as i64);
         let limiter = RateLimiter::new(&config);
+        hub.set_update_limit(settings.service.participant_update_limit as usize);
         Ok(Arc::new(App {
             config,
             store,
