@@ -514,6 +514,9 @@ async fn sample_every_second(
     let mut server = CpuSampler::new(server_pids);
     let mut me = CpuSampler::new(vec![std::process::id()]);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A late tick must not be followed by catch-up ticks: CPU over a few
+    // milliseconds, in 10 ms clock ticks, would read as thousands of percent.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {

@@ -303,7 +303,7 @@ pub fn report_input(
         verdicts.push(reports::VerdictRow {
             claim: format!("objective met at {} active users", step.users),
             target: format!(
-                "p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors < {} %, nothing lost",
+                "p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors ≤ {} %, nothing lost",
                 result.slo.p99_delivery_ms, result.slo.p99_post_ack_ms, result.slo.p99_history_ms, result.slo.max_error_pct
             ),
             measured: j
