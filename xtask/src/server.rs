@@ -25,7 +25,16 @@ fn target_dir() -> PathBuf {
 pub fn build_release() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "reference-server"])
+        // With xtask in the same build, shared dependencies resolve to the
+        // features `cargo xtask` already built them with: no second build.
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "reference-server",
+            "-p",
+            "xtask",
+        ])
         .current_dir(workspace_root())
         .status()
         .context("run cargo build")?;
