@@ -229,7 +229,7 @@ mod tests {
             messages_on_join: 30,
             namespace: "t".into(),
         };
-        let ep = Arc::new(Endpoint::new(0, 0));
+        let ep = Arc::new(Endpoint::new(0));
         ep.log().rooms.insert(0, view(0, &[1, 2, 4], &[]));
         // 1, 2 and 4 acknowledged; 3 neither acknowledged nor seen anywhere.
         let c = check(&[(0, 1, 0), (0, 2, 1), (0, 4, 2)], &[vec![ep]], &w);

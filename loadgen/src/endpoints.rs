@@ -35,20 +35,16 @@ pub struct RoomView {
     pub joined: bool,
 }
 
-/// One endpoint's record, keyed by room index of the workload.
+/// One endpoint's record, keyed by room index of the workload. (Why a
+/// stream ended goes to the recorder as a `stream` error.)
 #[derive(Debug, Default)]
 pub struct EndpointLog {
     pub rooms: HashMap<u32, RoomView>,
-    /// Stream (re)connections after the first, and why the stream ended.
-    pub reconnects: u64,
-    pub closes: Vec<String>,
 }
 
 /// Shared state of one endpoint: its log is written by the stream task and
 /// by goose users that make it leave and rejoin rooms.
 pub struct Endpoint {
-    pub user: u32,
-    pub index: u8,
     pub name: String,
     pub log: Mutex<EndpointLog>,
     /// Set once the stream has received its `ready` frame.
@@ -56,10 +52,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(user: u32, index: u8) -> Endpoint {
+    pub fn new(index: u8) -> Endpoint {
         Endpoint {
-            user,
-            index,
             name: format!("e{index}"),
             log: Mutex::new(EndpointLog::default()),
             connected: false.into(),
@@ -123,8 +117,6 @@ struct Frame<'a> {
     seq: Option<u64>,
     #[serde(default, borrow)]
     text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    reason: Option<&'a str>,
 }
 
 /// What the stream tasks share.
@@ -146,7 +138,6 @@ pub struct Pool {
 /// source address. Returns when stopped.
 pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot: usize) {
     let source = crate::net::source_for(pool.dest.ip(), slot);
-    let mut first = true;
     let mut backoff = Duration::from_millis(100);
     while !pool.stop.is_cancelled() {
         let resume: Vec<(u64, u64)> = {
@@ -178,10 +169,6 @@ pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot:
         };
         pool.recorder
             .ok("connect", started.elapsed().as_micros() as u64);
-        if !first {
-            ep.log().reconnects += 1;
-        }
-        first = false;
         backoff = Duration::from_millis(100);
         pool.open.fetch_add(1, Ordering::Relaxed);
         let why = read_stream(&pool, &ep, &mut ws).await;
@@ -193,10 +180,7 @@ pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot:
                 let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
                 return;
             }
-            Some(reason) => {
-                pool.recorder.failed("stream", &reason);
-                ep.log().closes.push(reason);
-            }
+            Some(reason) => pool.recorder.failed("stream", &reason),
         }
     }
 }
@@ -279,10 +263,7 @@ fn on_frame(pool: &Pool, ep: &Endpoint, text: &str) {
         }
         "removed" => {
             if let Some(room) = f.room.and_then(|r| pool.room_index.get(&r)) {
-                let mut log = ep.log();
-                log.rooms.entry(*room).or_default().joined = false;
-                log.closes
-                    .push(format!("removed:{}", f.reason.unwrap_or("?")));
+                ep.log().rooms.entry(*room).or_default().joined = false;
             }
         }
         _ => {}

@@ -2,7 +2,7 @@
 //! up, hold the steady state under goose, let deliveries drain, check what
 //! was received, and sample CPU and memory every second throughout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -332,10 +332,9 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         workload
             .users
             .iter()
-            .enumerate()
-            .map(|(u, su)| {
+            .map(|su| {
                 (0..su.endpoints)
-                    .map(|e| Arc::new(Endpoint::new(u as u32, e)))
+                    .map(|e| Arc::new(Endpoint::new(e)))
                     .collect()
             })
             .collect(),
@@ -642,15 +641,4 @@ fn generator_health(
         reason,
         schedule_lag_max_ms: lag_max_us as f64 / 1000.0,
     }
-}
-
-/// Operation counts by name, for reports that want totals.
-pub fn total_operations(result: &RunResult) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for s in &result.steps {
-        for (k, v) in &s.operations {
-            *out.entry(k.clone()).or_insert(0) += v;
-        }
-    }
-    out
 }

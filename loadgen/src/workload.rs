@@ -66,25 +66,6 @@ impl Workload {
         self.users.iter().map(|u| u.endpoints as u64).sum()
     }
 
-    /// Joined (endpoint, room) pairs: what the event streams subscribe to.
-    pub fn subscriptions(&self) -> u64 {
-        self.users
-            .iter()
-            .map(|u| u.endpoints as u64 * u.rooms.len() as u64)
-            .sum()
-    }
-
-    /// Access control entries the provisioning document creates.
-    pub fn access_control_entries(&self) -> u64 {
-        self.rooms
-            .iter()
-            .map(|r| {
-                let presenters = if r.auditorium { r.posters.len() } else { 0 };
-                (r.managers.len() + r.direct.len() + r.groups.len() + presenters) as u64
-            })
-            .sum()
-    }
-
     /// The `POST /v1/admin/provision` document (PC-13.9a) for this workload.
     pub fn provision_doc(&self) -> Value {
         let ns = &self.namespace;

@@ -157,6 +157,15 @@ pub(crate) fn error_pct(step: &Step) -> Option<f64> {
     (ops > 0).then(|| errors_total(step) as f64 * 100.0 / ops as f64)
 }
 
+/// "12 (0.03 %)": failed operations with their share, or only the count
+/// when nothing was attempted.
+pub(crate) fn errors_cell(step: &Step) -> String {
+    match error_pct(step) {
+        Some(pct) => format!("{} ({})", count(errors_total(step)), self::pct(pct)),
+        None => count(errors_total(step)),
+    }
+}
+
 /// "12 timeout, 3 http:503", or "none".
 pub(crate) fn errors_by_code(step: &Step) -> String {
     if step.errors.is_empty() {

@@ -260,14 +260,7 @@ fn steps(h: &mut String, r: &RunResult) {
     }
     h.push_str("<h3>Load and resources</h3>\n<table>\n<thead><tr><th>users</th><th>endpoints</th><th>rooms</th><th>window (s)</th><th>operations</th><th>errors</th><th>server CPU mean / peak (% of a core)</th><th>server RSS peak (MiB)</th></tr></thead>\n<tbody>\n");
     for s in &r.steps {
-        let errors = match figures::error_pct(s) {
-            Some(pct) => format!(
-                "{} ({})",
-                figures::count(figures::errors_total(s)),
-                figures::pct(pct)
-            ),
-            None => figures::count(figures::errors_total(s)),
-        };
+        let errors = figures::errors_cell(s);
         let _ = writeln!(
             h,
             "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}–{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td></tr>",

@@ -184,14 +184,7 @@ fn step_table(md: &mut String, r: &RunResult) {
                 )
             })
         };
-        let errors = match figures::error_pct(s) {
-            Some(pct) => format!(
-                "{} ({})",
-                figures::count(figures::errors_total(s)),
-                figures::pct(pct)
-            ),
-            None => figures::count(figures::errors_total(s)),
-        };
+        let errors = figures::errors_cell(s);
         let c = &s.correctness;
         let _ = writeln!(
             md,

@@ -21,26 +21,26 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds the reference server in release mode and returns the binary.
-pub fn build_release() -> anyhow::Result<PathBuf> {
+/// Runs `cargo build` with `args` in the workspace.
+fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        // With xtask in the same build, shared dependencies resolve to the
-        // features `cargo xtask` already built them with: no second build.
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "reference-server",
-            "-p",
-            "xtask",
-        ])
+        .arg("build")
+        .args(args)
         .current_dir(workspace_root())
         .status()
         .context("run cargo build")?;
     if !status.success() {
         bail!("building the reference server failed");
     }
+    Ok(())
+}
+
+/// Builds the reference server in release mode and returns the binary.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    // With xtask in the same build, shared dependencies resolve to the
+    // features `cargo xtask` already built them with: no second build.
+    cargo_build(&["--release", "-p", "reference-server", "-p", "xtask"])?;
     Ok(target_dir().join("release").join("reference-server"))
 }
 
@@ -69,14 +69,7 @@ impl ServerProcess {
     pub fn start_debug() -> anyhow::Result<ServerProcess> {
         let bin = target_dir().join("debug").join("reference-server");
         if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "reference-server"])
-                .current_dir(workspace_root())
-                .status()?;
-            if !status.success() {
-                bail!("building the reference server failed");
-            }
+            cargo_build(&["-p", "reference-server"])?;
         }
         ServerProcess::spawn(&bin, &[], Stdio::inherit())
     }
