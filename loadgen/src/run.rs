@@ -288,6 +288,14 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         .post("/v1/admin/provision", &workload.provision_doc())
         .await
         .context("provision the workload")?;
+    // Joins load as many messages as the scenario's model says.
+    let _: serde_json::Value = admin
+        .patch(
+            "/v1/admin/config",
+            &serde_json::json!({ "messages_on_join": workload.messages_on_join }),
+        )
+        .await
+        .context("set messages_on_join")?;
     let room_ids: Vec<u64> = workload
         .rooms
         .iter()
