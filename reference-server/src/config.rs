@@ -63,9 +63,19 @@ pub struct StreamConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// Embedded store: sync mode, reader connections, most commands per commit.
     pub synchronous: Synchronous,
     pub readers: usize,
     pub max_batch: usize,
+    /// Pool store: the chat database (`postgres://user@host:port/db`). When
+    /// set, this node keeps everything in PostgreSQL instead of SQLite.
+    pub url: Option<String>,
+    /// Pool store: the compliance database (required with `url`; a different database).
+    pub compliance_url: Option<String>,
+    /// Pool store: connections this node opens to the chat database.
+    pub connections: usize,
+    /// Pool store: this node's name (default: its listen address).
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -137,6 +147,10 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             readers: 4,
             max_batch: 512,
+            url: None,
+            compliance_url: None,
+            connections: 16,
+            node: None,
         }
     }
 }

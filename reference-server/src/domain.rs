@@ -8,16 +8,17 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use pchat_protocol::{Invitations, MessageKind, Privacy, RoomList, RoomType};
+use serde::{Deserialize, Serialize};
 
 /// Store-assigned identities. Users and groups are addressed by name on the
 /// wire; ids never leave the server except for rooms and categories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UserId(pub i64);
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub i64);
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RoomId(pub i64);
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CategoryId(pub i64);
 
 /// The user id of the built-in `operator` principal: an administrator that is
@@ -30,14 +31,14 @@ pub const EVERYONE_NAME: &str = "everyone";
 pub const GLOBAL_POLICY: &str = "global";
 
 /// A list entry, resolved to an id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Entry {
     User(UserId),
     Group(GroupId),
 }
 
 /// A set of entries, kept both ordered (for output) and hashed (for checks).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acl {
     pub users: HashSet<UserId>,
     pub groups: HashSet<GroupId>,
@@ -93,7 +94,7 @@ impl Acl {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRec {
     pub id: UserId,
     pub name: String,
@@ -104,14 +105,14 @@ pub struct UserRec {
     pub disabled: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRec {
     pub id: GroupId,
     pub name: String,
     pub members: BTreeSet<Entry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CategoryRec {
     pub id: CategoryId,
     pub name: String,
@@ -124,7 +125,7 @@ pub struct CategoryRec {
     pub history: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomRec {
     pub id: RoomId,
     pub name: String,

@@ -1,5 +1,6 @@
 //! The pchat reference server: persistent chat rooms on an embedded SQLite
-//! store, speaking the protocol of `docs/protocol.md`.
+//! store (one node) or on PostgreSQL (a pool of nodes sharing one database),
+//! speaking the protocol of `docs/protocol.md`.
 //!
 //! Modules, each with one job, data flowing downwards:
 //!
@@ -8,7 +9,7 @@
 //! - [`app`]: one method per protocol operation;
 //! - [`domain`]: records and the access rules (pure functions);
 //! - [`hub`]: live sessions, participants, presence and fan-out;
-//! - [`store`]: the persistence trait and its SQLite implementation;
+//! - [`store`]: the persistence trait, on SQLite or PostgreSQL;
 //! - [`compliance`]: moving and exporting compliance records;
 //! - [`auth`]: tokens and password hashes; [`fscheck`]: data directory checks;
 //! - [`metrics`]: Prometheus metrics; [`error`]: the protocol error type.
@@ -50,6 +51,7 @@ use crate::app::App;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::store::postgres::{Feed, PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::Store;
 
@@ -97,19 +99,52 @@ pub async fn start_on(
         Keys::load_or_create(&config.data_dir).context("cannot load or create the signing key")?;
     let metrics = Arc::new(Metrics::new());
     let (commits_tx, commits_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut opts = SqliteOptions::in_dir(&config.data_dir);
-    opts.synchronous = config.store.synchronous;
-    opts.readers = config.store.readers;
-    opts.max_batch = config.store.max_batch;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            opts,
-            commits_tx,
-            metrics.store_pending.clone(),
-            metrics.publish_pending.clone(),
-        )
-        .context("cannot open the store")?,
-    );
+    let (dir_tx, dir_rx) = tokio::sync::mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = match &config.store.url {
+        Some(url) => {
+            let compliance_url = config.store.compliance_url.clone().context(
+                "the pool store needs store.compliance_url (PCHAT_STORE__COMPLIANCE_URL) too",
+            )?;
+            let node = config.store.node.clone().unwrap_or_else(|| {
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            });
+            PgStore::open(
+                PgOptions {
+                    url: url.clone(),
+                    compliance_url,
+                    connections: config.store.connections,
+                    node,
+                },
+                Feed {
+                    commits: commits_tx,
+                    directory: dir_tx,
+                    publish_pending: metrics.publish_pending.clone(),
+                },
+                metrics.store_pending.clone(),
+            )
+            .await
+            .context("cannot open the PostgreSQL store")?
+        }
+        None => {
+            drop(dir_tx);
+            let mut opts = SqliteOptions::in_dir(&config.data_dir);
+            opts.synchronous = config.store.synchronous;
+            opts.readers = config.store.readers;
+            opts.max_batch = config.store.max_batch;
+            Arc::new(
+                SqliteStore::open(
+                    opts,
+                    commits_tx,
+                    metrics.store_pending.clone(),
+                    metrics.publish_pending.clone(),
+                )
+                .context("cannot open the store")?,
+            )
+        }
+    };
     let snapshot = store.load().await.context("cannot load the directory")?;
     let (notes_tx, notes_rx) = tokio::sync::mpsc::unbounded_channel();
     let app = App::new(
@@ -130,6 +165,7 @@ pub async fn start_on(
         commits_rx,
     ));
     tokio::spawn(app.clone().run_presence_recorder(notes_rx));
+    tokio::spawn(app.clone().run_directory_replay(dir_rx));
     let pump = tokio::spawn(compliance::run_pump(app.clone()));
     tokio::spawn(compliance::run_exporter(app.clone()));
 

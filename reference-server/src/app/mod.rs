@@ -39,6 +39,10 @@ use crate::store::{Change, ComplianceEvent, Snapshot, Store};
 pub use messages::{run_publisher, HistoryFrom, MessageSearch, Posted};
 pub use rooms::{check_endpoint, JOIN_SINCE_MAX};
 
+/// How long a node waits for its own directory change to come back through
+/// the shared directory log before it reports an error.
+const DIRECTORY_REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings keys in the store.
 const SERVICE_KEY: &str = "service";
 const COMPLIANCE_KEY: &str = "compliance";
@@ -90,6 +94,8 @@ pub struct App {
     settings: RwLock<Settings>,
     admin_lock: tokio::sync::Mutex<()>,
     limiter: RateLimiter,
+    /// The directory log position applied (pool store; see [`Store::apply`]).
+    dir_applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl App {
@@ -137,6 +143,7 @@ impl App {
             }
         }
         settings.addins = snapshot.addins.into_iter().collect();
+        let (dir_applied, _) = tokio::sync::watch::channel(snapshot.dir_position.unwrap_or(0));
         metrics.rooms.set(dir.rooms.len() as i64);
         metrics.users.set(dir.users.len() as i64);
         let limiter = RateLimiter::new(&config);
@@ -152,6 +159,7 @@ impl App {
             settings: RwLock::new(settings),
             admin_lock: tokio::sync::Mutex::new(()),
             limiter,
+            dir_applied,
         }))
     }
 
@@ -257,10 +265,34 @@ impl App {
         } else {
             Vec::new()
         };
-        self.store.apply(changes.clone(), audit).await?;
+        match self.store.apply(changes.clone(), audit).await? {
+            None => self.apply_changes(changes),
+            Some(position) => {
+                // A shared store: the change comes back through the directory
+                // log, in log order, on every node; wait until it has here.
+                let mut rx = self.dir_applied.subscribe();
+                let waited = tokio::time::timeout(
+                    DIRECTORY_REPLAY_TIMEOUT,
+                    rx.wait_for(|applied| *applied >= position),
+                )
+                .await;
+                if !matches!(waited, Ok(Ok(_))) {
+                    return Err(ApiError::internal(format!(
+                        "directory change {position} was stored but not yet applied on this node"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_changes(&self, changes: Vec<Change>) {
         let mut dir = self.dir.write().expect("directory lock poisoned");
         let mut regroup = false;
         for c in changes {
+            if let Change::PutSetting(..) | Change::PutAddin(..) | Change::DeleteAddin(..) = &c {
+                self.apply_setting(&c);
+            }
             regroup |= apply_to_directory(&mut dir, c);
         }
         if regroup {
@@ -268,7 +300,46 @@ impl App {
         }
         self.metrics.rooms.set(dir.rooms.len() as i64);
         self.metrics.users.set(dir.users.len() as i64);
-        Ok(())
+    }
+
+    /// Mirrors a settings change (made on any node) in this node's settings.
+    fn apply_setting(&self, change: &Change) {
+        let mut settings = self.settings.write().expect("settings lock poisoned");
+        match change {
+            Change::PutSetting(k, v) if k == SERVICE_KEY => {
+                if let Ok(service) = serde_json::from_str::<ServiceConfig>(v) {
+                    self.hub
+                        .set_update_limit(service.participant_update_limit as usize);
+                    settings.service = service;
+                }
+            }
+            Change::PutSetting(k, v) if k == COMPLIANCE_KEY => {
+                if let Ok(c) = serde_json::from_str(v) {
+                    settings.compliance = c;
+                }
+            }
+            Change::PutAddin(name, url) => {
+                settings.addins.insert(name.clone(), url.clone());
+            }
+            Change::DeleteAddin(name) => {
+                settings.addins.remove(name);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the shared directory log (pool store), in order, on this node.
+    pub async fn run_directory_replay(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::store::postgres::DirEntry>,
+    ) {
+        while let Some(entry) = rx.recv().await {
+            if entry.id <= *self.dir_applied.borrow() {
+                continue;
+            }
+            self.apply_changes(entry.changes);
+            self.dir_applied.send_replace(entry.id);
+        }
     }
 
     /// Records the participant joins and parts the hub reports (PC-14.2).

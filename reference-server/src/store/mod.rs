@@ -1,4 +1,5 @@
-//! Persistence: the [`Store`] trait and its SQLite implementation.
+//! Persistence: the [`Store`] trait and its two implementations, SQLite
+//! (`sqlite`, one node) and PostgreSQL (`postgres`, a pool of nodes).
 //!
 //! The store is the source of truth; the [`crate::directory`] is a cache of
 //! its directory records that is loaded once at start and then kept in step by
@@ -13,6 +14,7 @@
 //! - an append with a `client_key` already used by the same sender in the same
 //!   room returns the original message (or a conflict), never a new one.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -25,6 +27,12 @@ use crate::domain::{CategoryId, CategoryRec, GroupId, GroupRec, RoomId, RoomRec,
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("store configuration: {0}")]
+    Config(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("the store is shut down")]
@@ -154,8 +162,9 @@ pub struct InvitationRec {
     pub at_ms: i64,
 }
 
-/// A write to the directory records.
-#[derive(Clone, Debug)]
+/// A write to the directory records. Serialisable: a pool's nodes replay
+/// each other's changes from the store's directory log.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     PutUser(UserRec),
     DeleteUser(UserId),
@@ -192,6 +201,9 @@ pub struct Snapshot {
     pub last_seqs: Vec<(RoomId, u64)>,
     pub settings: Vec<(String, String)>,
     pub addins: Vec<(String, String)>,
+    /// Position in the shared directory log this snapshot includes (pool
+    /// store only; see [`Store::apply`]).
+    pub dir_position: Option<u64>,
 }
 
 /// An administrator's selection of messages to remove or replace.
@@ -211,8 +223,13 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<Snapshot>;
     /// Reserves `count` consecutive fresh ids and returns the first.
     async fn reserve_ids(&self, kind: IdKind, count: u64) -> Result<i64>;
-    /// Applies directory writes and their audit records atomically.
-    async fn apply(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>) -> Result<()>;
+    /// Applies directory writes and their audit records atomically. A
+    /// store shared by several nodes returns the changes' position in its
+    /// directory log: every node, the caller included, then applies them from
+    /// the log in log order (so all converge), and the caller waits for that.
+    /// A single-node store returns None and the caller applies them itself.
+    async fn apply(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>)
+        -> Result<Option<u64>>;
     /// Appends a message durably (see the module invariants).
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
     /// Records compliance events that change nothing else (join, part, backchat).

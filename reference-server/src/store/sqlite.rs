@@ -283,8 +283,13 @@ impl Store for SqliteStore {
         self.ask(|r| Command::Reserve(kind, count, r)).await
     }
 
-    async fn apply(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>) -> Result<()> {
-        self.ask(|r| Command::Apply(changes, audit, r)).await
+    async fn apply(
+        &self,
+        changes: Vec<Change>,
+        audit: Vec<ComplianceEvent>,
+    ) -> Result<Option<u64>> {
+        self.ask(|r| Command::Apply(changes, audit, r)).await?;
+        Ok(None)
     }
 
     async fn append(&self, msg: NewMessage) -> Result<Appended> {

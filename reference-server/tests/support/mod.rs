@@ -43,6 +43,18 @@ impl TestServer {
         s
     }
 
+    /// A server process on a directory the caller owns (a node of a pool
+    /// shares it with the other nodes: the signing key lives there).
+    pub async fn start_node(dir: &Path, env: &[(&str, &str)]) -> TestServer {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let s = TestServer::spawn(dir, env, None);
+        s.wait_ready().await;
+        s
+    }
+
     fn spawn(dir: &Path, env: Vec<(String, String)>, tmp: Option<tempfile::TempDir>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reference-server"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

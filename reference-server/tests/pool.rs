@@ -1,0 +1,280 @@
+//! A pool: several server processes sharing one PostgreSQL database.
+//! Messages posted on any node reach members connected to every other node,
+//! in one order; directory changes made on one node reach the others; the
+//! clients of a killed node resume on a survivor without a gap.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pchat_protocol::client::{Client, EventStream, StreamItem};
+use pchat_protocol::{self as wire, Event};
+use serde_json::json;
+use support::*;
+
+struct Pool {
+    nodes: Vec<TestServer>,
+    // Dropped after the nodes (fields drop in order).
+    _dir: tempfile::TempDir,
+    _cluster: pgcluster::Cluster,
+}
+
+impl Pool {
+    /// None (after saying why) when PostgreSQL cannot run here and this is not CI.
+    async fn start(n: usize) -> Option<Pool> {
+        if let Err(why) = pgcluster::available() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to start PostgreSQL: {why}"
+            );
+            eprintln!("SKIPPED (pool on PostgreSQL): {why}");
+            return None;
+        }
+        let cluster = pgcluster::Cluster::start().expect("start a private PostgreSQL");
+        cluster.create_database("chat").unwrap();
+        cluster.create_database("compliance").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (chat, compliance) = (cluster.url("chat"), cluster.url("compliance"));
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = format!("node{i}");
+            nodes.push(
+                TestServer::start_node(
+                    &data,
+                    &[
+                        ("PCHAT_STORE__URL", chat.as_str()),
+                        ("PCHAT_STORE__COMPLIANCE_URL", compliance.as_str()),
+                        ("PCHAT_STORE__NODE", name.as_str()),
+                        ("PCHAT_LIMITS__POST_RATE_PER_S", "1000"),
+                        ("PCHAT_LIMITS__POST_BURST", "1000"),
+                    ],
+                )
+                .await,
+            );
+        }
+        nodes[0]
+            .admin_put("/v1/admin/policies/global", json!({"enabled": true}))
+            .await;
+        Some(Pool {
+            nodes,
+            _dir: dir,
+            _cluster: cluster,
+        })
+    }
+
+    /// Tokens for new users (created through node 0).
+    async fn tokens(&self, names: &[&str]) -> Vec<String> {
+        let n0 = &self.nodes[0];
+        for n in names {
+            n0.admin_post("/v1/admin/users", json!({ "name": n })).await;
+        }
+        let resp: wire::BulkTokenResponse = n0
+            .admin
+            .post("/v1/admin/tokens", &json!({ "users": names }))
+            .await
+            .expect("tokens");
+        names.iter().map(|n| resp.tokens[*n].clone()).collect()
+    }
+
+    fn client(&self, node: usize, token: &str) -> Client {
+        Client::new(self.nodes[node].base.clone()).as_token(token)
+    }
+}
+
+/// Directory changes reach the other nodes through the store's log, shortly
+/// after the writing node answered: wait until `node` knows the room.
+async fn until_known(client: &Client, room: u64) {
+    for _ in 0..200 {
+        if client.history(room, "limit=1").await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("room {room} never reached {}", client.base());
+}
+
+/// Reads message events of `room` until `n` arrived.
+async fn messages(stream: &mut EventStream, room: u64, n: usize) -> Vec<wire::Message> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+            Ok(Ok(StreamItem::Event(Event::Message(m)))) if m.room == room => out.push(m),
+            Ok(Ok(StreamItem::Event(_))) => {}
+            other => panic!("after {} of {n} messages: {other:?}", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_posted_on_any_node_reach_every_node_in_one_order() {
+    let Some(pool) = Pool::start(4).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["alice", "bob", "carol", "dave"]).await;
+    let cat = pool.nodes[0].category("general", json!({})).await;
+    let room = pool.nodes[0]
+        .room("lobby", cat, json!({ "privacy": "open" }))
+        .await;
+    // bob, carol and dave listen on nodes 1, 2 and 3.
+    let mut listeners = Vec::new();
+    for (i, token) in tokens.iter().enumerate().skip(1) {
+        let c = pool.client(i, token);
+        until_known(&c, room).await;
+        let mut stream = c.stream("desk", &[]).await.unwrap();
+        assert!(matches!(
+            next_event(&mut stream, 5).await,
+            StreamItem::Event(Event::Ready { .. })
+        ));
+        let joined = c.join(room, "desk", None).await.unwrap();
+        listeners.push((stream, joined.last_seq));
+    }
+    // alice posts through node 0 and bob through node 1, at the same time.
+    let posters: Vec<_> = [(0usize, 0usize), (1, 1)]
+        .into_iter()
+        .map(|(node, who)| {
+            let c = pool.client(node, &tokens[who]);
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..30 {
+                    let m = c
+                        .post_message(room, &post(&format!("{who}:{i}")))
+                        .await
+                        .unwrap();
+                    acked.push((m.body.seq, m.body.text));
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked: BTreeMap<u64, String> = BTreeMap::new();
+    for p in posters {
+        for (seq, text) in p.await.unwrap() {
+            assert!(
+                acked.insert(seq, text).is_none(),
+                "seq {seq} acknowledged twice"
+            );
+        }
+    }
+    assert_eq!(acked.len(), 60);
+    let mut orders = Vec::new();
+    for (stream, base) in listeners.iter_mut() {
+        let got = messages(stream, room, 60).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        let want: Vec<u64> = (*base + 1..=*base + 60).collect();
+        assert_eq!(seqs, want, "every message once, dense and in order");
+        for m in &got {
+            assert_eq!(acked.get(&m.seq), Some(&m.text), "the acknowledged text");
+        }
+        orders.push(got);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "one order on every node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_and_settings_changes_reach_every_node() {
+    let Some(pool) = Pool::start(3).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["erin"]).await;
+    let cat = pool.nodes[1].category("eng", json!({})).await;
+    let room = pool.nodes[2]
+        .room("builds", cat, json!({ "privacy": "open" }))
+        .await;
+    let erin0 = pool.client(0, &tokens[0]);
+    until_known(&erin0, room).await;
+    pool.nodes[1]
+        .admin
+        .patch::<serde_json::Value>("/v1/admin/config", &json!({ "messages_on_join": 3 }))
+        .await
+        .unwrap();
+    let want = Some(3);
+    let mut seen = None;
+    for _ in 0..200 {
+        let cfg: serde_json::Value = pool.nodes[0].admin.get("/v1/admin/config").await.unwrap();
+        seen = cfg["messages_on_join"].as_u64();
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, want, "a setting changed on node 1 reaches node 0");
+    for i in 0..5 {
+        erin0
+            .post_message(room, &post(&format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let erin2 = pool.client(2, &tokens[0]);
+    let joined = erin2.join(room, "laptop", None).await.unwrap();
+    assert_eq!(
+        joined.messages.len(),
+        3,
+        "node 2 applies node 1's messages_on_join"
+    );
+    assert_eq!(joined.last_seq, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_resume_on_a_survivor_without_gaps() {
+    let Some(mut pool) = Pool::start(3).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["alice", "carol"]).await;
+    let cat = pool.nodes[0].category("general", json!({})).await;
+    let room = pool.nodes[0]
+        .room("lobby", cat, json!({ "privacy": "open" }))
+        .await;
+    let carol2 = pool.client(2, &tokens[1]);
+    until_known(&carol2, room).await;
+    let mut stream = carol2.stream("phone", &[]).await.unwrap();
+    next_event(&mut stream, 5).await;
+    let joined = carol2.join(room, "phone", None).await.unwrap();
+    let mut last = joined.last_seq;
+    let alice = pool.client(0, &tokens[0]);
+    let poster = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..80 {
+            let m = alice
+                .post_message(room, &post(&format!("m{i}")))
+                .await
+                .unwrap();
+            acked.push(m.body.seq);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked
+    });
+    let mut received = Vec::new();
+    for m in messages(&mut stream, room, 20).await {
+        received.push(m.seq);
+        last = m.seq;
+    }
+    // Node 2 dies; carol moves to node 1 and rejoins from what she has.
+    pool.nodes[2].kill9();
+    drop(stream);
+    let carol1 = pool.client(1, &tokens[1]);
+    let mut stream = carol1.stream("phone", &[]).await.unwrap();
+    next_event(&mut stream, 5).await;
+    let rejoined = carol1.join(room, "phone", Some(last)).await.unwrap();
+    assert!(!rejoined.has_more);
+    received.extend(rejoined.messages.iter().map(|m| m.seq));
+    let acked = poster.await.unwrap();
+    let top = *acked.last().unwrap();
+    let more = top.saturating_sub(rejoined.last_seq) as usize;
+    received.extend(
+        messages(&mut stream, room, more)
+            .await
+            .iter()
+            .map(|m| m.seq),
+    );
+    let want: Vec<u64> = (joined.last_seq + 1..=top).collect();
+    assert_eq!(
+        received, want,
+        "nothing lost, nothing twice, in order, across the move"
+    );
+}
