@@ -14,6 +14,14 @@
 //!
 //! Lock order: a room's mutex before a session's mutex; the session table and
 //! the user table are never held while taking either.
+//!
+//! In a pool, each node's hub holds its own sessions and, as *remote*
+//! state, what the other nodes announce on the bus ([`BusEvent`]): which of
+//! their users are participants of which rooms, and their presence. A user
+//! is a participant of a room while any node has a session of theirs joined
+//! to it; `participant_joined` and `participant_left` are sent when that
+//! union changes. Remote state of a node that stops announcing itself is
+//! dropped ([`Hub::drop_node`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -26,6 +34,37 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{RoomId, UserId};
 use crate::metrics::Metrics;
+
+/// What a node tells the other nodes of its pool about its live state.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum BusEvent {
+    /// A user's first session on the sending node joined a room, or its last left.
+    Participant {
+        room: i64,
+        user: i64,
+        name: String,
+        joined: bool,
+    },
+    /// A user set their presence on the sending node (`state`), or their
+    /// first session there began or their last ended (`online`).
+    Presence {
+        user: i64,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<PresenceState>,
+        online: bool,
+    },
+    /// An event for every connected endpoint of a user (invitations).
+    ToUser { user: i64, event: Event },
+    /// An event for everyone in a room that is not a consequence of a
+    /// directory change (every node derives those itself).
+    Room { room: i64, event: Event },
+    /// A node started: the others announce their live state again.
+    Hello,
+    /// A node is alive (sent every few seconds).
+    Alive,
+}
 
 /// An item on a connection's outbound queue.
 #[derive(Clone, Debug)]
@@ -143,6 +182,8 @@ pub struct RoomLive {
     pub last_seq: u64,
     subs: HashMap<usize, Arc<Session>>,
     participants: HashMap<UserId, u32>,
+    /// Participants through other nodes of the pool: name and the nodes.
+    remote: HashMap<UserId, (String, HashSet<String>)>,
     /// Whether join/leave/presence notifications flow (PC-12.3 hysteresis).
     notify: bool,
 }
@@ -173,6 +214,13 @@ pub struct Hub {
     /// Where (room, user name, joined) is reported when a user's presence in
     /// a room begins or ends, for the compliance record.
     notes: Option<mpsc::UnboundedSender<Note>>,
+    /// The pool's bus, when this node is one of several.
+    bus: std::sync::OnceLock<mpsc::UnboundedSender<BusEvent>>,
+    /// Presence announced by other nodes: user -> node -> state, for users
+    /// with a session there.
+    remote_presence: Mutex<HashMap<UserId, HashMap<String, PresenceState>>>,
+    /// Rooms each user is a remote participant of.
+    remote_rooms: Mutex<HashMap<UserId, HashSet<RoomId>>>,
 }
 
 /// A message to the compliance recorder of participant changes.
@@ -214,6 +262,250 @@ impl Hub {
             queue: queue.max(1),
             update_limit: std::sync::atomic::AtomicUsize::new(75),
             notes,
+            bus: std::sync::OnceLock::new(),
+            remote_presence: Mutex::new(HashMap::new()),
+            remote_rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connects the hub to the pool's bus: from now on it announces its
+    /// participants and presence there.
+    pub fn set_bus(&self, tx: mpsc::UnboundedSender<BusEvent>) {
+        let _ = self.bus.set(tx);
+    }
+
+    fn announce(&self, ev: BusEvent) {
+        if let Some(b) = self.bus.get() {
+            let _ = b.send(ev);
+        }
+    }
+
+    /// Everything this node would announce to a node that just started.
+    pub fn local_state(&self) -> Vec<BusEvent> {
+        let mut out = Vec::new();
+        let rooms: Vec<(RoomId, Arc<Mutex<RoomLive>>)> = self
+            .rooms
+            .read()
+            .expect("rooms lock poisoned")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (room, live) in rooms {
+            let live = live.lock().expect("room lock poisoned");
+            let mut names: HashMap<UserId, String> = HashMap::new();
+            for s in live.subs.values() {
+                names.insert(s.user, s.user_name.clone());
+            }
+            for user in live.participants.keys() {
+                out.push(BusEvent::Participant {
+                    room: room.0,
+                    user: user.0,
+                    name: names.get(user).cloned().unwrap_or_default(),
+                    joined: true,
+                });
+            }
+        }
+        let users = self.users.lock().expect("users lock poisoned");
+        for (id, u) in users.iter() {
+            if let Some(s) = u.sessions.first() {
+                out.push(BusEvent::Presence {
+                    user: id.0,
+                    name: s.user_name.clone(),
+                    state: Some(u.presence),
+                    online: true,
+                });
+            }
+        }
+        out
+    }
+
+    /// Applies what another node announced.
+    pub fn remote(&self, node: &str, ev: BusEvent) {
+        match ev {
+            BusEvent::Participant {
+                room,
+                user,
+                name,
+                joined,
+            } => self.remote_participant(node, RoomId(room), UserId(user), name, joined),
+            BusEvent::Presence {
+                user,
+                name,
+                state,
+                online,
+            } => self.remote_presence(node, UserId(user), name, state, online),
+            BusEvent::ToUser { user, event } => self.to_user(UserId(user), &event),
+            BusEvent::Room { room, event } => self.broadcast(RoomId(room), &event),
+            BusEvent::Hello | BusEvent::Alive => {}
+        }
+    }
+
+    fn remote_participant(
+        &self,
+        node: &str,
+        room: RoomId,
+        user: UserId,
+        name: String,
+        joined: bool,
+    ) {
+        let live = self.room(room);
+        let mut live = live.lock().expect("room lock poisoned");
+        let before = live.participants.contains_key(&user) || live.remote.contains_key(&user);
+        if joined {
+            let e = live
+                .remote
+                .entry(user)
+                .or_insert_with(|| (name.clone(), HashSet::new()));
+            e.1.insert(node.to_owned());
+            self.remote_rooms
+                .lock()
+                .expect("remote rooms lock poisoned")
+                .entry(user)
+                .or_default()
+                .insert(room);
+        } else {
+            let empty = match live.remote.get_mut(&user) {
+                Some(e) => {
+                    e.1.remove(node);
+                    e.1.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                live.remote.remove(&user);
+                let mut rr = self
+                    .remote_rooms
+                    .lock()
+                    .expect("remote rooms lock poisoned");
+                if let Some(set) = rr.get_mut(&user) {
+                    set.remove(&room);
+                    if set.is_empty() {
+                        rr.remove(&user);
+                    }
+                }
+            }
+        }
+        let after = live.participants.contains_key(&user) || live.remote.contains_key(&user);
+        if before != after {
+            let limit = self.update_limit();
+            if joined {
+                update_notify(&mut live, limit);
+            }
+            if live.notify {
+                self.participant_event(&live, room, &name, after);
+            }
+            if !joined {
+                update_notify(&mut live, limit);
+            }
+        }
+    }
+
+    fn remote_presence(
+        &self,
+        node: &str,
+        user: UserId,
+        name: String,
+        state: Option<PresenceState>,
+        online: bool,
+    ) {
+        // Presence is the user's, whichever node it was set on.
+        if let Some(state) = state {
+            if let Some(u) = self
+                .users
+                .lock()
+                .expect("users lock poisoned")
+                .get_mut(&user)
+            {
+                u.presence = state;
+            }
+        }
+        {
+            let known = state.unwrap_or_else(|| self.own_presence(user));
+            let mut rp = self.remote_presence.lock().expect("presence lock poisoned");
+            if online {
+                let m = rp.entry(user).or_default();
+                if state.is_some() {
+                    for v in m.values_mut() {
+                        *v = known;
+                    }
+                }
+                m.insert(node.to_owned(), known);
+            } else if let Some(m) = rp.get_mut(&user) {
+                m.remove(node);
+                if m.is_empty() {
+                    rp.remove(&user);
+                }
+            }
+        }
+        let shown = self.shown_presence(user);
+        let frame = to_frame(&Event::Presence {
+            user: name,
+            state: shown,
+        });
+        let rooms: Vec<RoomId> = self
+            .remote_rooms
+            .lock()
+            .expect("remote rooms lock poisoned")
+            .get(&user)
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        for room in rooms {
+            let live = self.room(room);
+            let live = live.lock().expect("room lock poisoned");
+            if !live.notify {
+                continue;
+            }
+            for s in live.subs.values() {
+                if s.user != user {
+                    s.deliver(Outbound::Frame(frame.clone()), &self.metrics);
+                }
+            }
+        }
+    }
+
+    /// Forgets everything a node announced (it stopped, or restarted).
+    pub fn drop_node(&self, node: &str) {
+        let rooms: Vec<(RoomId, Vec<(UserId, String)>)> = {
+            let all: Vec<(RoomId, Arc<Mutex<RoomLive>>)> = self
+                .rooms
+                .read()
+                .expect("rooms lock poisoned")
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            all.into_iter()
+                .filter_map(|(id, live)| {
+                    let live = live.lock().expect("room lock poisoned");
+                    let users: Vec<(UserId, String)> = live
+                        .remote
+                        .iter()
+                        .filter(|(_, (_, nodes))| nodes.contains(node))
+                        .map(|(u, (n, _))| (*u, n.clone()))
+                        .collect();
+                    (!users.is_empty()).then_some((id, users))
+                })
+                .collect()
+        };
+        for (room, users) in rooms {
+            for (user, name) in users {
+                self.remote_participant(node, room, user, name, false);
+            }
+        }
+        let users: Vec<UserId> = {
+            let rp = self.remote_presence.lock().expect("presence lock poisoned");
+            rp.iter()
+                .filter(|(_, m)| m.contains_key(node))
+                .map(|(u, _)| *u)
+                .collect()
+        };
+        for u in users {
+            let mut rp = self.remote_presence.lock().expect("presence lock poisoned");
+            if let Some(m) = rp.get_mut(&u) {
+                m.remove(node);
+                if m.is_empty() {
+                    rp.remove(&u);
+                }
+            }
         }
     }
 
@@ -284,6 +576,24 @@ impl Hub {
         }
     }
 
+    /// Sends an event to everyone in a room on every node of the pool.
+    pub fn broadcast_everywhere(&self, room: RoomId, event: &Event) {
+        self.broadcast(room, event);
+        self.announce(BusEvent::Room {
+            room: room.0,
+            event: event.clone(),
+        });
+    }
+
+    /// Sends an event to every connected endpoint of a user on every node.
+    pub fn to_user_everywhere(&self, user: UserId, event: &Event) {
+        self.to_user(user, event);
+        self.announce(BusEvent::ToUser {
+            user: user.0,
+            event: event.clone(),
+        });
+    }
+
     /// Sends an event to every connected endpoint of a user.
     pub fn to_user(&self, user: UserId, event: &Event) {
         let frame = to_frame(event);
@@ -326,13 +636,21 @@ impl Hub {
         });
         sessions.insert(key, s.clone());
         drop(sessions);
-        self.users
-            .lock()
-            .expect("users lock poisoned")
-            .entry(user)
-            .or_default()
-            .sessions
-            .push(s.clone());
+        let (first, presence) = {
+            let mut users = self.users.lock().expect("users lock poisoned");
+            let u = users.entry(user).or_default();
+            u.sessions.push(s.clone());
+            (u.sessions.len() == 1, u.presence)
+        };
+        if first {
+            let _ = presence;
+            self.announce(BusEvent::Presence {
+                user: user.0,
+                name: user_name.to_owned(),
+                state: None,
+                online: true,
+            });
+        }
         self.metrics.sessions.inc();
         // A session made by a join without a stream lingers like a dropped one.
         self.start_linger(&s);
@@ -437,6 +755,12 @@ impl Hub {
             if let Some(u) = users.get_mut(&session.user) {
                 u.sessions.retain(|s| !Arc::ptr_eq(s, session));
                 if u.sessions.is_empty() {
+                    self.announce(BusEvent::Presence {
+                        user: session.user.0,
+                        name: session.user_name.clone(),
+                        state: None,
+                        online: false,
+                    });
                     users.remove(&session.user);
                 }
             }
@@ -475,8 +799,14 @@ impl Hub {
             if *count == 1 {
                 self.metrics.participants.inc();
                 self.note(room, &session.user_name, true);
+                self.announce(BusEvent::Participant {
+                    room: room.0,
+                    user: session.user.0,
+                    name: session.user_name.clone(),
+                    joined: true,
+                });
                 update_notify(&mut live, update_limit);
-                if live.notify {
+                if live.notify && !live.remote.contains_key(&session.user) {
                     self.participant_event(&live, room, &session.user_name, true);
                 }
             }
@@ -523,7 +853,13 @@ impl Hub {
         if gone {
             self.metrics.participants.dec();
             self.note(room, &session.user_name, false);
-            if live.notify {
+            self.announce(BusEvent::Participant {
+                room: room.0,
+                user: user.0,
+                name: session.user_name.clone(),
+                joined: false,
+            });
+            if live.notify && !live.remote.contains_key(&user) {
                 self.participant_event(&live, room, &session.user_name, false);
             }
             update_notify(&mut live, update_limit);
@@ -611,32 +947,49 @@ impl Hub {
     pub fn participants(&self, room: RoomId) -> Vec<UserId> {
         let live = self.room(room);
         let live = live.lock().expect("room lock poisoned");
-        live.participants.keys().copied().collect()
+        let mut all: Vec<UserId> = live.participants.keys().copied().collect();
+        all.extend(
+            live.remote
+                .keys()
+                .filter(|u| !live.participants.contains_key(u)),
+        );
+        all
     }
 
     pub fn participant_count(&self, room: RoomId) -> usize {
-        self.room(room)
-            .lock()
-            .expect("room lock poisoned")
-            .participants
-            .len()
+        participant_total(&self.room(room).lock().expect("room lock poisoned"))
     }
 
     /// The presence others see for a user.
     pub fn shown_presence(&self, user: UserId) -> PresenceState {
-        let users = self.users.lock().expect("users lock poisoned");
-        match users.get(&user) {
-            None => PresenceState::Offline,
-            Some(u) if u.sessions.is_empty() => PresenceState::Offline,
-            Some(u) if u.presence == PresenceState::AppearOffline => PresenceState::Offline,
-            Some(u) => u.presence,
+        let local = {
+            let users = self.users.lock().expect("users lock poisoned");
+            users
+                .get(&user)
+                .filter(|u| !u.sessions.is_empty())
+                .map(|u| u.presence)
+        };
+        let state = local.or_else(|| {
+            let rp = self.remote_presence.lock().expect("presence lock poisoned");
+            rp.get(&user).and_then(|m| m.values().next().copied())
+        });
+        match state {
+            None | Some(PresenceState::AppearOffline) => PresenceState::Offline,
+            Some(s) => s,
         }
     }
 
     /// The presence a user set for themself.
     pub fn own_presence(&self, user: UserId) -> PresenceState {
-        let users = self.users.lock().expect("users lock poisoned");
-        users.get(&user).map(|u| u.presence).unwrap_or_default()
+        let own = {
+            let users = self.users.lock().expect("users lock poisoned");
+            users.get(&user).map(|u| u.presence)
+        };
+        own.or_else(|| {
+            let rp = self.remote_presence.lock().expect("presence lock poisoned");
+            rp.get(&user).and_then(|m| m.values().next().copied())
+        })
+        .unwrap_or_default()
     }
 
     /// Sets a user's presence and tells everyone sharing a notifying room.
@@ -647,6 +1000,12 @@ impl Hub {
             u.presence = state;
             u.sessions.clone()
         };
+        self.announce(BusEvent::Presence {
+            user: user.0,
+            name: name.clone(),
+            state: Some(state),
+            online: !sessions.is_empty(),
+        });
         let shown = if state == PresenceState::AppearOffline {
             PresenceState::Offline
         } else {
@@ -689,8 +1048,18 @@ impl Hub {
     }
 }
 
+/// Participants through this node or any other.
+fn participant_total(live: &RoomLive) -> usize {
+    live.participants.len()
+        + live
+            .remote
+            .keys()
+            .filter(|u| !live.participants.contains_key(u))
+            .count()
+}
+
 fn update_notify(live: &mut RoomLive, limit: usize) {
-    let n = live.participants.len();
+    let n = participant_total(live);
     if n > limit {
         live.notify = false;
     } else if (n as f64) < 0.8 * limit as f64 {

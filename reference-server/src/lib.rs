@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod compliance;
 pub mod config;
 pub mod domain;
@@ -100,7 +101,10 @@ pub async fn start_on(
     let metrics = Arc::new(Metrics::new());
     let (commits_tx, commits_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dir_tx, dir_rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = match &config.store.url {
+    let (bus_in_tx, bus_in_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = config;
+    let mut pool_store: Option<Arc<PgStore>> = None;
+    let store: Arc<dyn Store> = match config.store.url.clone() {
         Some(url) => {
             let compliance_url = config.store.compliance_url.clone().context(
                 "the pool store needs store.compliance_url (PCHAT_STORE__COMPLIANCE_URL) too",
@@ -111,9 +115,10 @@ pub async fn start_on(
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             });
-            PgStore::open(
+            config.store.node = Some(node.clone());
+            let pg = PgStore::open(
                 PgOptions {
-                    url: url.clone(),
+                    url,
                     compliance_url,
                     connections: config.store.connections,
                     node,
@@ -121,15 +126,18 @@ pub async fn start_on(
                 Feed {
                     commits: commits_tx,
                     directory: dir_tx,
+                    bus: bus_in_tx,
                     publish_pending: metrics.publish_pending.clone(),
                 },
                 metrics.store_pending.clone(),
             )
             .await
-            .context("cannot open the PostgreSQL store")?
+            .context("cannot open the PostgreSQL store")?;
+            pool_store = Some(pg.clone());
+            pg
         }
         None => {
-            drop(dir_tx);
+            drop((dir_tx, bus_in_tx));
             let mut opts = SqliteOptions::in_dir(&config.data_dir);
             opts.synchronous = config.store.synchronous;
             opts.readers = config.store.readers;
@@ -166,6 +174,11 @@ pub async fn start_on(
     ));
     tokio::spawn(app.clone().run_presence_recorder(notes_rx));
     tokio::spawn(app.clone().run_directory_replay(dir_rx));
+    if let Some(pg) = pool_store {
+        let (bus_out_tx, bus_out_rx) = tokio::sync::mpsc::unbounded_channel();
+        app.hub.set_bus(bus_out_tx);
+        tokio::spawn(bus::run(app.clone(), pg, bus_out_rx, bus_in_rx));
+    }
     let pump = tokio::spawn(compliance::run_pump(app.clone()));
     tokio::spawn(compliance::run_exporter(app.clone()));
 

@@ -218,6 +218,32 @@ async fn directory_and_settings_changes_reach_every_node() {
         "node 2 applies node 1's messages_on_join"
     );
     assert_eq!(joined.last_seq, 5);
+
+    // Directory writes are validated pool-wide: the same name created through
+    // three nodes at once is created once.
+    let attempts: Vec<_> = pool
+        .nodes
+        .iter()
+        .map(|n| {
+            let admin = n.admin.clone();
+            tokio::spawn(async move {
+                admin
+                    .post::<serde_json::Value>(
+                        "/v1/rooms",
+                        &json!({ "name": "standup", "category": cat }),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(e.code(), Some(wire::ErrorCode::NameTaken), "{e}"),
+        }
+    }
+    assert_eq!(created, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,4 +303,112 @@ async fn clients_of_a_killed_node_resume_on_a_survivor_without_gaps() {
         received, want,
         "nothing lost, nothing twice, in order, across the move"
     );
+}
+
+/// Reads events until one matches `want`, skipping others.
+async fn until_event(stream: &mut EventStream, want: impl Fn(&Event) -> bool, secs: u64) -> Event {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, stream.next()).await {
+            Ok(Ok(StreamItem::Event(e))) if want(&e) => return e,
+            Ok(Ok(StreamItem::Event(_))) => {}
+            other => panic!("the awaited event never came: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_and_presence_span_the_pool_and_a_dead_node_lets_go() {
+    let Some(mut pool) = Pool::start(3).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["bob", "carol"]).await;
+    let cat = pool.nodes[0].category("general", json!({})).await;
+    let room = pool.nodes[0]
+        .room("lobby", cat, json!({ "privacy": "open" }))
+        .await;
+    let carol = pool.client(2, &tokens[1]);
+    until_known(&carol, room).await;
+    let mut carol_stream = carol.stream("desk", &[]).await.unwrap();
+    next_event(&mut carol_stream, 5).await;
+    carol.join(room, "desk", None).await.unwrap();
+
+    let bob = pool.client(1, &tokens[0]);
+    until_known(&bob, room).await;
+    let mut bob_stream = bob.stream("laptop", &[]).await.unwrap();
+    next_event(&mut bob_stream, 5).await;
+    bob.join(room, "laptop", None).await.unwrap();
+    let joined = until_event(
+        &mut carol_stream,
+        |e| matches!(e, Event::ParticipantJoined { user, .. } if user == "bob"),
+        10,
+    )
+    .await;
+    assert!(matches!(joined, Event::ParticipantJoined { room: r, .. } if r == room));
+
+    // Node 0 has no session at all, and still lists both, with presence.
+    let observer = pool.client(0, &tokens[1]);
+    let mut listed: wire::Participants = observer
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if listed.count == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        listed = observer
+            .get(&format!("/v1/rooms/{room}/participants"))
+            .await
+            .unwrap();
+    }
+    let names: Vec<&str> = listed
+        .participants
+        .iter()
+        .map(|p| p.user.as_str())
+        .collect();
+    assert_eq!((listed.count, names), (2, vec!["bob", "carol"]));
+    assert!(listed
+        .participants
+        .iter()
+        .all(|p| p.presence == wire::PresenceState::Available));
+
+    // Presence set on node 1 reaches carol on node 2.
+    bob.call::<serde_json::Value>(
+        reqwest::Method::PUT,
+        "/v1/me/presence",
+        Some(&json!({ "state": "busy" })),
+    )
+    .await
+    .unwrap();
+    let presence = until_event(
+        &mut carol_stream,
+        |e| matches!(e, Event::Presence { .. }),
+        10,
+    )
+    .await;
+    assert_eq!(
+        presence,
+        Event::Presence {
+            user: "bob".into(),
+            state: wire::PresenceState::Busy
+        }
+    );
+
+    // Node 1 dies: once it has been silent long enough, bob leaves the room.
+    pool.nodes[1].kill9();
+    drop(bob_stream);
+    let left = until_event(
+        &mut carol_stream,
+        |e| matches!(e, Event::ParticipantLeft { user, .. } if user == "bob"),
+        20,
+    )
+    .await;
+    assert!(matches!(left, Event::ParticipantLeft { room: r, .. } if r == room));
+    let listed: wire::Participants = observer
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    assert_eq!(listed.count, 1);
 }

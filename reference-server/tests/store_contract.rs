@@ -100,6 +100,7 @@ impl Backend {
                     Feed {
                         commits: commits_tx,
                         directory: dir_tx,
+                        bus: unbounded_channel().0,
                         publish_pending: Gauge::default(),
                     },
                     Gauge::default(),

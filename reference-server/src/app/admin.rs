@@ -107,7 +107,7 @@ impl App {
     /// After a change that may take access away: removes, from every room
     /// with people in it, those who may no longer read it, and closes the
     /// streams of users who may no longer use the service.
-    fn revoke_lost_access(&self) {
+    pub(super) fn revoke_lost_access(&self) {
         let rooms: Vec<RoomId> = self.dir().rooms.keys().copied().collect();
         for room in rooms {
             if self.hub.participant_count(room) == 0 {
@@ -140,7 +140,7 @@ impl App {
         if let Some(d) = &req.display_name {
             check_display_name("display_name", d)?;
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         {
             let dir = self.dir();
             if dir.user_ids.contains_key(&req.name) {
@@ -204,7 +204,7 @@ impl App {
         if let Some(d) = &req.display_name {
             check_display_name("display_name", d)?;
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let id = self.user_id(name)?;
         let mut user = self.dir().users[&id].clone();
         if let Some(d) = req.display_name {
@@ -236,7 +236,7 @@ impl App {
     }
 
     pub async fn delete_user(&self, caller: &Caller, name: &str) -> ApiResult<()> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let id = self.user_id(name)?;
         let mut audit = self.event("ADMIN", None, &caller.name);
         audit.detail = Some(format!("user deleted: {name}"));
@@ -255,7 +255,7 @@ impl App {
         req: wire::CreateGroup,
     ) -> ApiResult<wire::Group> {
         check_group_name("name", &req.name)?;
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let members = {
             let dir = self.dir();
             if dir.group_ids.contains_key(&req.name) {
@@ -290,7 +290,7 @@ impl App {
         name: &str,
         req: wire::ChangeList,
     ) -> ApiResult<wire::Group> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let id = self.group_id(name)?;
         let group = {
             let dir = self.dir();
@@ -312,7 +312,7 @@ impl App {
     }
 
     pub async fn delete_group(&self, caller: &Caller, name: &str) -> ApiResult<()> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let id = self.group_id(name)?;
         let mut audit = self.event("ADMIN", None, &caller.name);
         audit.detail = Some(format!("group deleted: {name}"));
@@ -356,7 +356,7 @@ impl App {
                 "policy names are 1 to 64 characters of [A-Za-z0-9._@-]",
             ));
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let mut audit = self.event("ADMIN", None, &caller.name);
         audit.detail = Some(format!("policy {name} enabled={enabled}"));
         self.commit(
@@ -388,7 +388,7 @@ impl App {
         caller: &Caller,
         req: wire::ChangeAdministrators,
     ) -> ApiResult<wire::Administrators> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let changes = {
             let dir = self.dir();
             let mut out: BTreeMap<UserId, UserRec> = BTreeMap::new();
@@ -445,7 +445,7 @@ impl App {
         caller: &Caller,
         req: wire::CreateCategory,
     ) -> ApiResult<wire::Category> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let mut cat = build_category(&self.dir(), CategoryId(0), req)?;
         cat.id = CategoryId(self.store.reserve_ids(IdKind::Category, 1).await?);
         let mut audit = self.event("ADMIN", None, &caller.name);
@@ -467,7 +467,7 @@ impl App {
         if let Some(d) = &req.description {
             check_description("description", d)?;
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let (cat, rooms) = {
             let dir = self.dir();
             let mut cat = dir
@@ -546,7 +546,7 @@ impl App {
     }
 
     pub async fn delete_category(&self, caller: &Caller, id: CategoryId) -> ApiResult<()> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let name = {
             let dir = self.dir();
             let c = dir
@@ -574,7 +574,7 @@ impl App {
         caller: &Caller,
         req: wire::UpdateServiceConfig,
     ) -> ApiResult<wire::ServiceConfig> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let mut s = self.settings().service;
         if let Some(v) = req.messages_on_join {
             if !(1..=500).contains(&v) {
@@ -642,7 +642,7 @@ impl App {
         caller: &Caller,
         req: wire::UpdateComplianceConfig,
     ) -> ApiResult<wire::ComplianceConfig> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let mut c = self.settings().compliance;
         if let Some(v) = req.interval_s {
             if !(60..=2_592_000).contains(&v) {
@@ -687,7 +687,7 @@ impl App {
     pub async fn add_addin(&self, caller: &Caller, req: wire::AddIn) -> ApiResult<wire::AddIn> {
         check_name("name", &req.name)?;
         check_url("url", &req.url)?;
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         if self.settings().addins.contains_key(&req.name) {
             return Err(
                 ApiError::new(ErrorCode::NameTaken, "an add-in has this name").with_field("name"),
@@ -709,7 +709,7 @@ impl App {
     }
 
     pub async fn delete_addin(&self, caller: &Caller, name: &str) -> ApiResult<()> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         if !self.settings().addins.contains_key(name) {
             return Err(ApiError::not_found("add-in", "name"));
         }
@@ -809,7 +809,7 @@ impl App {
             .remove_messages(room, filter, replacement, audit)
             .await?;
         for seq in &seqs {
-            self.hub.broadcast(
+            self.hub.broadcast_everywhere(
                 room,
                 &wire::Event::MessageReplaced {
                     room: room.0 as u64,
@@ -879,7 +879,7 @@ impl App {
         caller: &Caller,
         doc: wire::Provision,
     ) -> ApiResult<wire::Provisioned> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         // Work on a copy of the directory; swap it in after the store commits.
         let mut dir = self.dir().clone();
         let mut changes: Vec<Change> = Vec::new();

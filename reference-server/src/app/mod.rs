@@ -11,9 +11,10 @@
 //! - `admin`: administration and bulk provisioning;
 //! - `views`: records rendered as wire types.
 //!
-//! Directory writes are serialised by `admin_lock`: validate against the
-//! current directory, write to the store, then apply the same change to the
-//! in-memory directory. Readers never wait for the store.
+//! Directory writes are serialised by `admin_guard` (this node's mutex and,
+//! in a pool, a PostgreSQL advisory lock for the whole pool, after catching up
+//! with the shared directory log): validate against the current directory,
+//! write to the store, then apply the same change to the in-memory directory. Readers never wait for the store.
 
 mod admin;
 mod me;
@@ -72,6 +73,13 @@ impl Default for Settings {
             addins: BTreeMap::new(),
         }
     }
+}
+
+/// Held while a directory write is validated and committed: this node's
+/// mutex and, in a pool, the pool-wide lock.
+pub(crate) struct AdminGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    _pool: Option<crate::store::DirectoryLock>,
 }
 
 /// The authenticated caller of an operation.
@@ -258,6 +266,38 @@ impl App {
         }
     }
 
+    /// Serialises this node's directory writes and, in a pool, first brings
+    /// the directory up to every change already committed by any node, so a
+    /// write is validated against the latest directory (a category created
+    /// through one node can be used at once through another).
+    async fn admin_guard(&self) -> ApiResult<AdminGuard<'_>> {
+        let local = self.admin_lock.lock().await;
+        let pool = self.store.directory_lock().await?;
+        if let Some(top) = self.store.dir_position().await? {
+            self.wait_applied(top).await?;
+        }
+        Ok(AdminGuard {
+            _local: local,
+            _pool: pool,
+        })
+    }
+
+    async fn wait_applied(&self, position: u64) -> ApiResult<()> {
+        let mut rx = self.dir_applied.subscribe();
+        let waited = tokio::time::timeout(
+            DIRECTORY_REPLAY_TIMEOUT,
+            rx.wait_for(|applied| *applied >= position),
+        )
+        .await;
+        if matches!(waited, Ok(Ok(_))) {
+            Ok(())
+        } else {
+            Err(ApiError::internal(format!(
+                "directory change {position} was stored but not yet applied on this node"
+            )))
+        }
+    }
+
     /// Writes directory changes through the store, then into memory.
     async fn commit(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>) -> ApiResult<()> {
         let audit = if self.compliance_on() {
@@ -267,21 +307,9 @@ impl App {
         };
         match self.store.apply(changes.clone(), audit).await? {
             None => self.apply_changes(changes),
-            Some(position) => {
-                // A shared store: the change comes back through the directory
-                // log, in log order, on every node; wait until it has here.
-                let mut rx = self.dir_applied.subscribe();
-                let waited = tokio::time::timeout(
-                    DIRECTORY_REPLAY_TIMEOUT,
-                    rx.wait_for(|applied| *applied >= position),
-                )
-                .await;
-                if !matches!(waited, Ok(Ok(_))) {
-                    return Err(ApiError::internal(format!(
-                        "directory change {position} was stored but not yet applied on this node"
-                    )));
-                }
-            }
+            // A shared store: the change comes back through the directory
+            // log, in log order, on every node; wait until it has here.
+            Some(position) => self.wait_applied(position).await?,
         }
         Ok(())
     }
@@ -333,12 +361,58 @@ impl App {
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::store::postgres::DirEntry>,
     ) {
+        let this_node = self.config.store.node.clone().unwrap_or_default();
         while let Some(entry) = rx.recv().await {
             if entry.id <= *self.dir_applied.borrow() {
                 continue;
             }
-            self.apply_changes(entry.changes);
+            if entry.node == this_node {
+                // The writing node tells its own hub once its commit returns.
+                self.apply_changes(entry.changes);
+            } else {
+                self.apply_remote_changes(entry.changes);
+            }
             self.dir_applied.send_replace(entry.id);
+        }
+    }
+
+    /// Applies another node's directory changes and what they mean for the
+    /// sessions on this node (what the writing node did for its own).
+    fn apply_remote_changes(&self, changes: Vec<Change>) {
+        let before: Vec<Option<crate::domain::RoomRec>> = {
+            let dir = self.dir();
+            changes
+                .iter()
+                .map(|c| match c {
+                    Change::PutRoom(r) => dir.rooms.get(&r.id).cloned(),
+                    _ => None,
+                })
+                .collect()
+        };
+        self.apply_changes(changes.clone());
+        let mut revoke = false;
+        for (c, before) in changes.iter().zip(before) {
+            match c {
+                Change::PutRoom(after) => {
+                    if let Some(before) = before {
+                        self.after_room_change(&before, after);
+                    }
+                }
+                Change::DeleteRoom(id) => self.hub.drop_room(*id),
+                Change::DeleteUser(id) => self
+                    .hub
+                    .close_user(*id, pchat_protocol::close::UNAUTHENTICATED),
+                Change::PutUser(_)
+                | Change::PutGroup(_)
+                | Change::DeleteGroup(_)
+                | Change::PutPolicy(..)
+                | Change::PutCategory(_)
+                | Change::DeleteCategory(_) => revoke = true,
+                Change::PutSetting(..) | Change::PutAddin(..) | Change::DeleteAddin(..) => {}
+            }
+        }
+        if revoke {
+            self.revoke_lost_access();
         }
     }
 

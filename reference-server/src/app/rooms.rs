@@ -145,7 +145,7 @@ impl App {
         if let Some(d) = &req.description {
             check_description("description", d)?;
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         // Validate first; reserve an id only for a request that will succeed.
         let mut room = {
             let dir = self.dir();
@@ -305,7 +305,7 @@ impl App {
         if let Some(d) = &req.description {
             check_description("description", d)?;
         }
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let (before, after) = self.with_room(caller, room, |dir, r, access| {
             if !access.manage {
                 return Err(ApiError::forbidden(
@@ -402,7 +402,7 @@ impl App {
     }
 
     /// Tells the hub what a room change means for those present.
-    fn after_room_change(&self, before: &RoomRec, after: &RoomRec) {
+    pub(super) fn after_room_change(&self, before: &RoomRec, after: &RoomRec) {
         if after.disabled && !before.disabled {
             self.hub
                 .remove_where(after.id, RemovedReason::Disabled, |_| false);
@@ -427,7 +427,7 @@ impl App {
 
     /// `DELETE /v1/rooms/{id}`: administrators only.
     pub async fn delete_room(&self, caller: &Caller, room: RoomId) -> ApiResult<()> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let name = self.with_room(caller, room, |_, r, _| {
             if !caller.admin {
                 return Err(ApiError::forbidden("only administrators delete rooms"));
@@ -449,7 +449,7 @@ impl App {
         list: RoomList,
         req: wire::ChangeList,
     ) -> ApiResult<wire::Room> {
-        let _guard = self.admin_lock.lock().await;
+        let _guard = self.admin_guard().await?;
         let (before, after, invited) = self.with_room(caller, room, |dir, r, access| {
             if !access.manage {
                 return Err(ApiError::forbidden(
@@ -542,7 +542,7 @@ impl App {
             invited_by: caller.name.clone(),
         };
         for u in users {
-            self.hub.to_user(u, &ev);
+            self.hub.to_user_everywhere(u, &ev);
         }
         Ok(())
     }

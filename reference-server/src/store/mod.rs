@@ -216,6 +216,9 @@ pub struct MessageFilter {
     pub keywords: Vec<String>,
 }
 
+/// A held pool-wide lock; released when dropped.
+pub struct DirectoryLock(pub Box<dyn Send + Sync>);
+
 /// The persistence interface. One implementation per backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -230,6 +233,15 @@ pub trait Store: Send + Sync + 'static {
     /// A single-node store returns None and the caller applies them itself.
     async fn apply(&self, changes: Vec<Change>, audit: Vec<ComplianceEvent>)
         -> Result<Option<u64>>;
+    /// Takes the pool-wide directory-write lock (a shared store; None for a
+    /// single node, whose own mutex suffices). Held until the guard drops.
+    async fn directory_lock(&self) -> Result<Option<DirectoryLock>> {
+        Ok(None)
+    }
+    /// The directory log's current top (a shared store), or None.
+    async fn dir_position(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Appends a message durably (see the module invariants).
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
     /// Records compliance events that change nothing else (join, part, backchat).

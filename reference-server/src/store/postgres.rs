@@ -70,6 +70,8 @@ pub struct PgOptions {
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub id: u64,
+    /// The node that wrote it.
+    pub node: String,
     pub changes: Vec<Change>,
 }
 
@@ -77,6 +79,8 @@ pub struct DirEntry {
 pub struct Feed {
     pub commits: mpsc::UnboundedSender<StoredMessage>,
     pub directory: mpsc::UnboundedSender<DirEntry>,
+    /// Payloads of the nodes' bus (`pchat_bus`), as sent.
+    pub bus: mpsc::UnboundedSender<String>,
     pub publish_pending: Gauge,
 }
 
@@ -143,6 +147,8 @@ INSERT INTO pumped(one, xid, id) VALUES (1, 0, 0) ON CONFLICT DO NOTHING;
 const SCHEMA_LOCK: i64 = 0x7063_6861_7401;
 /// Serialises directory-log writers so log order is commit order.
 const DIR_LOCK: i64 = 0x7063_6861_7402;
+/// Serialises directory writes (validate, then write) across the pool.
+const ADMIN_LOCK: i64 = 0x7063_6861_7403;
 /// Largest notification payload we send (PostgreSQL's limit is 8000 bytes).
 const MAX_PAYLOAD: usize = 7000;
 
@@ -230,6 +236,19 @@ impl PgStore {
         *store.listener.lock().expect("listener lock poisoned") = Some(handle);
         ready_rx.await.map_err(|_| StoreError::Closed)?;
         Ok(store)
+    }
+
+    /// Sends a payload to every node's listener (the pool's bus).
+    pub async fn notify_bus(&self, payload: &str) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("SELECT pg_notify('pchat_bus', $1)", &[&payload])
+            .await?;
+        Ok(())
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     fn check_open(&self) -> Result<()> {
@@ -373,7 +392,7 @@ async fn listen(
                 }
             });
             client
-                .batch_execute("LISTEN pchat_msg; LISTEN pchat_dir")
+                .batch_execute("LISTEN pchat_msg; LISTEN pchat_dir; LISTEN pchat_bus")
                 .await?;
             // Whatever committed before LISTEN took effect is read back now.
             catch_up(&pool, &feed, &mut published).await?;
@@ -389,6 +408,10 @@ async fn listen(
                 let Some((channel, payload)) = next else {
                     break;
                 };
+                if channel == "pchat_bus" {
+                    let _ = feed.bus.send(payload);
+                    continue;
+                }
                 if channel == "pchat_dir" {
                     replay_dir(&pool, &feed, &mut dir_applied).await?;
                     continue;
@@ -500,7 +523,7 @@ async fn replay_dir(pool: &Pool, feed: &Feed, applied: &mut u64) -> Result<()> {
     let c = pool.get().await?;
     let rows = c
         .query(
-            "SELECT id, body FROM dir_log WHERE id > $1 ORDER BY id",
+            "SELECT id, body, node FROM dir_log WHERE id > $1 ORDER BY id",
             &[&(*applied as i64)],
         )
         .await?;
@@ -510,7 +533,11 @@ async fn replay_dir(pool: &Pool, feed: &Feed, applied: &mut u64) -> Result<()> {
         let changes: Vec<Change> = serde_json::from_str(&body)
             .map_err(|e| StoreError::Task(format!("directory log entry {id}: {e}")))?;
         *applied = id;
-        let _ = feed.directory.send(DirEntry { id, changes });
+        let _ = feed.directory.send(DirEntry {
+            id,
+            node: r.get(2),
+            changes,
+        });
     }
     Ok(())
 }
@@ -841,6 +868,27 @@ impl Store for PgStore {
             .await?;
         tx.commit().await?;
         Ok(Some(id as u64))
+    }
+
+    async fn directory_lock(&self) -> Result<Option<DirectoryLock>> {
+        let c = self.client().await?;
+        c.execute("SELECT pg_advisory_lock($1)", &[&ADMIN_LOCK])
+            .await?;
+        // Released by closing the connection: the guard takes it out of the
+        // pool, so dropping the guard ends the session and with it the lock,
+        // whatever happens to the caller.
+        Ok(Some(DirectoryLock(Box::new(
+            deadpool_postgres::Object::take(c),
+        ))))
+    }
+
+    async fn dir_position(&self) -> Result<Option<u64>> {
+        let c = self.client().await?;
+        let top: i64 = c
+            .query_one("SELECT id FROM dir_log_top WHERE one = 1", &[])
+            .await?
+            .get(0);
+        Ok(Some(top as u64))
     }
 
     async fn append(&self, m: NewMessage) -> Result<Appended> {

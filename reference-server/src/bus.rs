@@ -1,0 +1,143 @@
+//! The pool's bus: how the nodes sharing a PostgreSQL store tell each other
+//! about their live state (participants, presence, events for a user or a
+//! room), over PostgreSQL's NOTIFY on channel `pchat_bus`.
+//!
+//! Each node sends its hub's [`BusEvent`]s in batches (one notification per
+//! batch, under PostgreSQL's payload limit), says `Alive` every
+//! [`ALIVE_EVERY`], and `Hello` when it starts, to which every other node
+//! answers by announcing its whole live state again. A node not heard from
+//! for [`DEAD_AFTER`], or heard from with a new boot id (it restarted), has
+//! its announced state dropped: its users leave the rooms they were in
+//! through it, and its clients reconnect elsewhere.
+//!
+//! The bus carries live state only. Messages and directory changes travel
+//! through the store itself (see `store::postgres`), where nothing is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::hub::BusEvent;
+use crate::store::postgres::PgStore;
+
+/// How often a node says it is alive.
+pub const ALIVE_EVERY: Duration = Duration::from_secs(2);
+/// How long a silent node is trusted before its state is dropped.
+pub const DEAD_AFTER: Duration = Duration::from_secs(8);
+/// Largest batch payload (PostgreSQL allows 8000 bytes).
+const MAX_PAYLOAD: usize = 7000;
+
+/// One notification on the bus.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    node: String,
+    boot: u64,
+    events: Vec<BusEvent>,
+}
+
+struct Peer {
+    boot: u64,
+    seen: Instant,
+}
+
+/// Runs this node's side of the bus until the server shuts down.
+pub async fn run(
+    app: Arc<App>,
+    store: Arc<PgStore>,
+    mut outgoing: mpsc::UnboundedReceiver<BusEvent>,
+    mut incoming: mpsc::UnboundedReceiver<String>,
+) {
+    let node = store.node().to_owned();
+    let boot = rand::random::<u64>() >> 11;
+    let mut peers: HashMap<String, Peer> = HashMap::new();
+    let mut tick = tokio::time::interval(ALIVE_EVERY);
+    send(&store, &node, boot, vec![BusEvent::Hello]).await;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            ev = outgoing.recv() => {
+                let Some(ev) = ev else { return };
+                let mut batch = vec![ev];
+                while let Ok(ev) = outgoing.try_recv() {
+                    batch.push(ev);
+                    if batch.len() >= 512 {
+                        break;
+                    }
+                }
+                send(&store, &node, boot, batch).await;
+            }
+            payload = incoming.recv() => {
+                let Some(payload) = payload else { return };
+                let Ok(env) = serde_json::from_str::<Envelope>(&payload) else {
+                    tracing::warn!("unreadable bus payload");
+                    continue;
+                };
+                if env.node == node {
+                    continue;
+                }
+                let restarted = peers
+                    .get(&env.node)
+                    .is_some_and(|p| p.boot != env.boot);
+                if restarted {
+                    app.hub.drop_node(&env.node);
+                }
+                peers.insert(env.node.clone(), Peer { boot: env.boot, seen: Instant::now() });
+                let mut hello = false;
+                for ev in env.events {
+                    hello |= ev == BusEvent::Hello;
+                    app.hub.remote(&env.node, ev);
+                }
+                if hello {
+                    send(&store, &node, boot, app.hub.local_state()).await;
+                }
+            }
+            _ = tick.tick() => {
+                send(&store, &node, boot, vec![BusEvent::Alive]).await;
+                let dead: Vec<String> = peers
+                    .iter()
+                    .filter(|(_, p)| p.seen.elapsed() > DEAD_AFTER)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in dead {
+                    tracing::warn!(node = %n, "pool node silent; dropping its live state");
+                    peers.remove(&n);
+                    app.hub.drop_node(&n);
+                }
+            }
+        }
+    }
+}
+
+/// Sends events in as few notifications as the payload limit allows.
+async fn send(store: &PgStore, node: &str, boot: u64, events: Vec<BusEvent>) {
+    let mut batch: Vec<BusEvent> = Vec::new();
+    let mut size = 0;
+    let flush = |batch: Vec<BusEvent>| async move {
+        if batch.is_empty() {
+            return;
+        }
+        let env = Envelope {
+            node: node.to_owned(),
+            boot,
+            events: batch,
+        };
+        let payload = serde_json::to_string(&env).unwrap_or_default();
+        if let Err(e) = store.notify_bus(&payload).await {
+            tracing::warn!(error = %e, "could not send on the pool's bus");
+        }
+    };
+    for ev in events {
+        let len = serde_json::to_string(&ev).map(|s| s.len()).unwrap_or(0) + 1;
+        if size + len > MAX_PAYLOAD - 200 && !batch.is_empty() {
+            flush(std::mem::take(&mut batch)).await;
+            size = 0;
+        }
+        size += len;
+        batch.push(ev);
+    }
+    flush(batch).await;
+}
