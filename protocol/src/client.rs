@@ -19,7 +19,7 @@ use crate::*;
 pub enum ClientError {
     /// The server answered with a protocol error body.
     #[error("{status} {}: {}", .body.error.code, .body.error.message)]
-    Api { status: u16, body: ErrorBody },
+    Api { status: u16, body: Box<ErrorBody> },
     /// The server answered with something that is not a protocol error body.
     #[error("unexpected response {status}: {text}")]
     Unexpected { status: u16, text: String },
@@ -263,7 +263,10 @@ pub fn stream_request(
 
 fn api_error(status: u16, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(body) => ClientError::Api { status, body },
+        Ok(body) => ClientError::Api {
+            status,
+            body: Box::new(body),
+        },
         Err(_) => ClientError::Unexpected {
             status,
             text: String::from_utf8_lossy(bytes).into_owned(),

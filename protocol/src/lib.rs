@@ -61,11 +61,12 @@ pub enum ErrorCode {
     RateLimited,
     Busy,
     Internal,
+    WrongPool,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the spec's table.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidUtf8,
         ErrorCode::UnknownField,
@@ -87,6 +88,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Busy,
         ErrorCode::Internal,
+        ErrorCode::WrongPool,
     ];
 
     /// The HTTP status that goes with the code.
@@ -106,6 +108,7 @@ impl ErrorCode {
             RateLimited => 429,
             Busy => 503,
             Internal => 500,
+            WrongPool => 421,
         }
     }
 
@@ -134,6 +137,7 @@ impl ErrorCode {
             RateLimited => "rate_limited",
             Busy => "busy",
             Internal => "internal",
+            WrongPool => "wrong_pool",
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct ErrorDetail {
     /// For `rate_limited` and `busy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `wrong_pool`: the base URL of a node serving the room's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// A user or group named on a list: `user:<name>` or `group:<name>`.
@@ -1008,6 +1015,34 @@ pub struct Provisioned {
     pub entries: u64,
     /// Room ids by room name, so a load tool can address what it provisioned.
     pub room_ids: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/admin/pools` (PC-17.2a).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pools {
+    pub pools: Vec<PoolView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub name: String,
+    pub edition: String,
+    /// `active`, `failed_over` or `standby`.
+    pub state: String,
+    /// The pools whose rooms this pool serves.
+    pub serving: Vec<String>,
+    #[serde(default)]
+    pub backup: Option<String>,
+    pub nodes: Vec<PoolNode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolNode {
+    pub name: String,
+    pub url: String,
+    pub active: bool,
+    /// None where the answering node cannot tell.
+    pub alive: Option<bool>,
 }
 
 #[cfg(test)]

@@ -86,6 +86,10 @@ pub async fn run(
                     app.hub.drop_node(&env.node);
                 }
                 peers.insert(env.node.clone(), Peer { boot: env.boot, seen: Instant::now() });
+                app.peers
+                    .lock()
+                    .expect("peers lock poisoned")
+                    .insert(env.node.clone(), Instant::now());
                 let mut hello = false;
                 for ev in env.events {
                     hello |= ev == BusEvent::Hello;

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub retry_after_ms: Option<u64>,
+    /// For `wrong_pool`: where the room's pool is served.
+    pub location: Option<String>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after_ms: None,
+            location: None,
         }
     }
 
@@ -38,6 +41,16 @@ impl ApiError {
     /// for a secret room, a disabled room and a room that never existed.
     pub fn room_not_found() -> ApiError {
         ApiError::new(ErrorCode::RoomNotFound, "no such room")
+    }
+
+    /// The room is homed in another pool (PC-17.1a).
+    pub fn wrong_pool(pool: &str, location: String) -> ApiError {
+        let mut e = ApiError::new(
+            ErrorCode::WrongPool,
+            format!("this room is homed in pool {pool}; ask {location}"),
+        );
+        e.location = Some(location);
+        e
     }
 
     pub fn forbidden(message: impl Into<String>) -> ApiError {

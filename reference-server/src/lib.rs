@@ -39,6 +39,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod store;
+pub mod topology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,6 +166,15 @@ pub async fn start_on(
         notes_tx,
     )
     .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+    if let Some(published) = app.published() {
+        let node = app.config.store.node.clone().context(
+            "a topology is published in this store: name this node (store.node, PCHAT_STORE__NODE)",
+        )?;
+        if let Some(why) = published.refuses(&node) {
+            store.close().await.ok();
+            anyhow::bail!("refusing to start: {why}");
+        }
+    }
     let addr = listener.local_addr()?;
 
     let publisher = tokio::spawn(app::run_publisher(

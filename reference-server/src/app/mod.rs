@@ -19,6 +19,7 @@
 mod admin;
 mod me;
 mod messages;
+pub mod pools;
 mod rooms;
 pub mod views;
 
@@ -104,6 +105,10 @@ pub struct App {
     limiter: RateLimiter,
     /// The directory log position applied (pool store; see [`Store::apply`]).
     dir_applied: tokio::sync::watch::Sender<u64>,
+    /// The published topology (none for an unpublished deployment).
+    topology: RwLock<Option<pools::Published>>,
+    /// Other nodes of this pool and when the bus last heard from them.
+    pub peers: Mutex<HashMap<String, Instant>>,
 }
 
 impl App {
@@ -139,8 +144,12 @@ impl App {
         }
         dir.reindex();
         let mut settings = Settings::default();
+        let mut topology = None;
         for (k, v) in snapshot.settings {
             match k.as_str() {
+                pools::TOPOLOGY_KEY => {
+                    topology = Some(serde_json::from_str(&v).map_err(ApiError::internal)?)
+                }
                 SERVICE_KEY => {
                     settings.service = serde_json::from_str(&v).map_err(ApiError::internal)?
                 }
@@ -168,6 +177,8 @@ impl App {
             admin_lock: tokio::sync::Mutex::new(()),
             limiter,
             dir_applied,
+            topology: RwLock::new(topology),
+            peers: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -345,6 +356,10 @@ impl App {
                 if let Ok(c) = serde_json::from_str(v) {
                     settings.compliance = c;
                 }
+            }
+            Change::PutSetting(k, v) if k == pools::TOPOLOGY_KEY => {
+                drop(settings);
+                self.set_published(v);
             }
             Change::PutAddin(name, url) => {
                 settings.addins.insert(name.clone(), url.clone());

@@ -101,7 +101,10 @@ impl App {
         f: impl FnOnce(&Directory, &RoomRec, Access) -> ApiResult<T>,
     ) -> ApiResult<T> {
         let dir = self.dir();
-        let r = dir.rooms.get(&room).ok_or_else(ApiError::room_not_found)?;
+        let Some(r) = dir.rooms.get(&room) else {
+            drop(dir);
+            return Err(self.unknown_room(room));
+        };
         let access = dir.access(caller.id, r);
         if !access.find {
             return Err(ApiError::room_not_found());

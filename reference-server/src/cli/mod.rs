@@ -1,9 +1,11 @@
-//! Command-line parsing and the three commands: `serve` runs the server,
-//! `admin` drives the admin API (the vendor's cmdlets, by purpose), `chat`
-//! is a terminal client.
+//! Command-line parsing and the commands: `serve` runs the server, `admin`
+//! drives the admin API (the vendor's cmdlets, by purpose), `chat` is a
+//! terminal client, `topology` and `pool` are the deployment's topology and
+//! its disaster recovery.
 
 mod admin;
 mod chat;
+mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,10 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Chat in a room from this terminal: lines you type are posted.
     Chat(chat::ChatArgs),
+    /// Validate and publish the deployment topology (pools, nodes, stores).
+    Topology(topology::TopologyArgs),
+    /// Disaster recovery: fail a pool over to its backup pool, and back.
+    Pool(topology::PoolArgs),
 }
 
 #[derive(clap::Args)]
@@ -52,6 +58,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Admin(args) => runtime().and_then(|rt| rt.block_on(admin::run(args))),
         Command::Chat(args) => runtime().and_then(|rt| rt.block_on(chat::run(args))),
+        Command::Topology(args) => runtime().and_then(|rt| rt.block_on(topology::topology(args))),
+        Command::Pool(args) => runtime().and_then(|rt| rt.block_on(topology::pool(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,6 +102,7 @@ impl IntoResponse for ApiError {
                 request_id,
                 field: self.field,
                 retry_after_ms: self.retry_after_ms,
+                location: self.location,
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();

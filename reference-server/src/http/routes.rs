@@ -75,6 +75,7 @@ pub fn routes(app: Arc<App>) -> Router {
             "/v1/admin/config",
             get(service_config).patch(update_service_config),
         )
+        .route("/v1/admin/pools", get(pools))
         .route("/v1/admin/addins", get(addins).post(add_addin))
         .route(
             "/v1/admin/addins/{name}",
@@ -604,6 +605,10 @@ async fn delete_category(
 ) -> ApiResult<Response> {
     app.delete_category(&c, category_id(&id)?).await?;
     Ok(no_content())
+}
+
+async fn pools(State(app): AppState, Admin(_): Admin) -> Response {
+    ok(app.pools())
 }
 
 async fn service_config(State(app): AppState, Admin(_): Admin) -> Response {

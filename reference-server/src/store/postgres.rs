@@ -842,32 +842,15 @@ impl Store for PgStore {
         changes: Vec<Change>,
         audit: Vec<ComplianceEvent>,
     ) -> Result<Option<u64>> {
-        let body = serde_json::to_string(&changes)
-            .map_err(|e| StoreError::Task(format!("cannot encode directory changes: {e}")))?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         for ch in &changes {
             apply_change(&tx, ch).await?;
         }
         outbox(&tx, &audit).await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DIR_LOCK])
-            .await?;
-        let id: i64 = tx
-            .query_one(
-                "UPDATE dir_log_top SET id = id + 1 WHERE one = 1 RETURNING id",
-                &[],
-            )
-            .await?
-            .get(0);
-        tx.execute(
-            "INSERT INTO dir_log(id, node, body) VALUES ($1, $2, $3)",
-            &[&id, &self.node, &body],
-        )
-        .await?;
-        tx.execute("SELECT pg_notify('pchat_dir', $1)", &[&id.to_string()])
-            .await?;
+        let id = log_changes(&tx, &self.node, &changes).await?;
         tx.commit().await?;
-        Ok(Some(id as u64))
+        Ok(Some(id))
     }
 
     async fn directory_lock(&self) -> Result<Option<DirectoryLock>> {
@@ -1366,6 +1349,101 @@ impl PgStore {
         tx.commit().await?;
         Ok(Appended::New(stored))
     }
+}
+
+/// Appends changes to the directory log (in commit order: the id is taken
+/// under an advisory lock held to commit) and tells every node.
+async fn log_changes(tx: &impl GenericClient, node: &str, changes: &[Change]) -> Result<u64> {
+    let body = serde_json::to_string(changes)
+        .map_err(|e| StoreError::Task(format!("cannot encode directory changes: {e}")))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DIR_LOCK])
+        .await?;
+    let id: i64 = tx
+        .query_one(
+            "UPDATE dir_log_top SET id = id + 1 WHERE one = 1 RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    tx.execute(
+        "INSERT INTO dir_log(id, node, body) VALUES ($1, $2, $3)",
+        &[&id, &node, &body],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify('pchat_dir', $1)", &[&id.to_string()])
+        .await?;
+    Ok(id as u64)
+}
+
+/// Writes a setting into a pool's store from outside the pool (`topology
+/// publish`, `pool failover`), creating the schema when absent, and makes
+/// sure room ids handed out from now on are above `room_floor`. Running
+/// nodes pick the setting up from the directory log.
+pub async fn publish_setting(url: &str, key: &str, value: &str, room_floor: i64) -> Result<()> {
+    let pool = make_pool(url, 2)?;
+    let mut c = pool.get().await?;
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    tx.batch_execute(SCHEMA).await?;
+    let change = Change::PutSetting(key.to_owned(), value.to_owned());
+    apply_change(&tx, &change).await?;
+    tx.execute(
+        "INSERT INTO counters(kind, next) VALUES ('room', $1)
+         ON CONFLICT(kind) DO UPDATE SET next = GREATEST(counters.next, $1)",
+        &[&(room_floor + 1)],
+    )
+    .await?;
+    log_changes(&tx, "publisher", std::slice::from_ref(&change)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Reads a setting from a pool's store (None when absent, or when the store
+/// has no schema yet).
+pub async fn read_setting(url: &str, key: &str) -> Result<Option<String>> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('settings') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let out = if exists {
+        client
+            .query_opt("SELECT value FROM settings WHERE key = $1", &[&key])
+            .await?
+            .map(|r| r.get(0))
+    } else {
+        None
+    };
+    drop(client);
+    driver.abort();
+    Ok(out)
+}
+
+/// Promotes a streaming-replication standby to a primary, waiting up to
+/// `wait_s` seconds until it accepts writes. A primary is left as it is.
+pub async fn promote(url: &str, wait_s: i32) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if in_recovery {
+        let done: bool = client
+            .query_one("SELECT pg_promote(true, $1)", &[&wait_s])
+            .await?
+            .get(0);
+        if !done {
+            return Err(StoreError::Task(format!(
+                "the standby did not finish its promotion within {wait_s} s"
+            )));
+        }
+    }
+    drop(client);
+    driver.abort();
+    Ok(())
 }
 
 async fn apply_change(tx: &impl GenericClient, c: &Change) -> Result<()> {

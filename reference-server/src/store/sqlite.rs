@@ -253,6 +253,23 @@ impl SqliteStore {
         })
     }
 
+    /// Makes room ids handed out from now on at least `next` (a published
+    /// topology gives each pool its own range).
+    pub async fn raise_room_counter(&self, next: i64) -> Result<()> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let conn = open_conn(&path)?;
+            conn.execute(
+                "INSERT INTO counters(kind, next) VALUES ('room', ?1)
+                 ON CONFLICT(kind) DO UPDATE SET next = MAX(next, ?1)",
+                [next],
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.writer.send(make(tx)).map_err(|_| StoreError::Closed)?;

@@ -56,8 +56,13 @@ impl TestServer {
     }
 
     fn spawn(dir: &Path, env: Vec<(String, String)>, tmp: Option<tempfile::TempDir>) -> TestServer {
+        let listen = env
+            .iter()
+            .find(|(k, _)| k == "PCHAT_LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_reference-server"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", &listen, "--data-dir"])
             .arg(dir)
             .env("PCHAT_LOG__FILTER", "warn")
             .stdout(Stdio::piped())
