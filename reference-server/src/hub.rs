@@ -133,6 +133,9 @@ pub struct Session {
 #[derive(Debug, Default)]
 struct SessionState {
     rooms: HashSet<RoomId>,
+    /// Rooms joined while no stream was connected, with the `last_seq` the
+    /// join answered: the next stream starts each of them there (PC-9.3b).
+    join_points: HashMap<RoomId, u64>,
     conn: Option<Conn>,
     /// Bumped on every connect and disconnect, so a linger timer knows
     /// whether it is still the latest.
@@ -239,7 +242,9 @@ pub enum Note {
 pub struct Attached {
     pub conn: Conn,
     pub rx: mpsc::Receiver<Outbound>,
-    /// Every joined room with the last sequence number published at attach time.
+    /// Every joined room with where its stream starts: the join point for
+    /// rooms joined while disconnected, else the last sequence number
+    /// published at attach time.
     pub rooms: Vec<(RoomId, u64)>,
     /// The connection this one replaced, if any.
     pub replaced: bool,
@@ -685,9 +690,20 @@ impl Hub {
             };
             st.generation += 1;
             st.expired = false;
-            (st.rooms.iter().copied().collect::<Vec<_>>(), replaced)
+            let points = std::mem::take(&mut st.join_points);
+            let rooms: Vec<(RoomId, Option<u64>)> = st
+                .rooms
+                .iter()
+                .map(|r| (*r, points.get(r).copied()))
+                .collect();
+            (rooms, replaced)
         };
-        let rooms = rooms.into_iter().map(|r| (r, self.last_seq(r))).collect();
+        // A room joined while disconnected starts at its join point; any
+        // other at what is published now.
+        let rooms = rooms
+            .into_iter()
+            .map(|(r, point)| (r, point.unwrap_or_else(|| self.last_seq(r))))
+            .collect();
         Attached {
             conn,
             rx,
@@ -785,11 +801,17 @@ impl Hub {
         {
             let mut st = session.lock();
             st.rooms.insert(room);
-            if let Some(conn) = &st.conn {
-                // Under the room lock: nothing for this room can be queued before it.
-                if conn.tx.try_send(Outbound::Joined { room, upto }).is_err() {
-                    conn.close.fire(close::SLOW_CONSUMER);
-                    st.conn = None;
+            match &st.conn {
+                Some(conn) => {
+                    // Under the room lock: nothing for this room can be queued before it.
+                    if conn.tx.try_send(Outbound::Joined { room, upto }).is_err() {
+                        conn.close.fire(close::SLOW_CONSUMER);
+                        st.conn = None;
+                        st.join_points.insert(room, upto);
+                    }
+                }
+                None => {
+                    st.join_points.insert(room, upto);
                 }
             }
         }
@@ -828,6 +850,7 @@ impl Hub {
         {
             let mut st = session.lock();
             st.rooms.remove(&room);
+            st.join_points.remove(&room);
             if let Some(conn) = &st.conn {
                 if conn.tx.try_send(Outbound::Left { room, reason }).is_err() {
                     conn.close.fire(close::SLOW_CONSUMER);

@@ -172,6 +172,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Syntax is checked before fields (PC-3.2a): a typed parse stops at
+        // the first unknown or mistyped field, which may come before a
+        // syntax error further on, so a failed body is checked whole.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {syntax}"),
+            );
+        }
         let path = e.path().to_string();
         let inner = e.into_inner();
         classify(&path, &inner)

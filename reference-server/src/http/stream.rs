@@ -105,10 +105,20 @@ pub async fn stream(
     }))
 }
 
+/// Whether a read failed because the client's frame or message exceeded
+/// the configured size.
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
 /// Why a connection ended.
 enum End {
     /// Close with this code.
     Close(u16, &'static str),
+    /// The client started the closing handshake; the WebSocket layer has
+    /// queued the reply (echoing its code), which only needs flushing.
+    PeerClosed,
     /// The peer is gone or broke the protocol at the transport level.
     Gone,
 }
@@ -144,16 +154,26 @@ impl Connection {
             Err(end) => end,
             Ok(()) => me.serve(&mut rx, &conn.close).await,
         };
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                me.socket.send(Message::Close(Some(frame))),
-            )
-            .await;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    me.socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+            }
+            End::PeerClosed => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    futures_util::SinkExt::flush(&mut me.socket),
+                )
+                .await;
+            }
+            End::Gone => {}
         }
         app.metrics.connections.dec();
         app.hub.detach(&session, conn.id);
@@ -215,6 +235,12 @@ impl Connection {
                 }
                 _ => {
                     self.delivered.insert(*room, *last);
+                    // A room joined while disconnected starts at its join
+                    // point, which may lie behind what is published now.
+                    let now = self.app.hub.last_seq(*room);
+                    if now > *last {
+                        self.fill(*room, now).await?;
+                    }
                 }
             }
         }
@@ -290,8 +316,14 @@ impl Connection {
                     Some(item) => self.outbound(item).await,
                 },
                 frame = self.socket.recv() => match frame {
-                    None | Some(Err(_)) => Err(End::Gone),
-                    Some(Ok(Message::Close(_))) => Err(End::Close(close::NORMAL, "bye")),
+                    None => Err(End::Gone),
+                    // A frame over the limit (PC-9.6b). The WebSocket layer
+                    // reports it only as an error; its text is the one sign.
+                    Some(Err(e)) if is_too_big(&e) => {
+                        Err(End::Close(close::MESSAGE_TOO_BIG, "frame too big"))
+                    }
+                    Some(Err(_)) => Err(End::Gone),
+                    Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         self.last_heard = Instant::now();
                         Ok(())
