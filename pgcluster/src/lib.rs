@@ -116,6 +116,20 @@ impl Cluster {
         };
         hand_over(&root, user)?;
         let data = root.join("data");
+        if data.join("PG_VERSION").exists() {
+            // A cluster this crate made earlier in the same directory: start it again.
+            let mut cluster = Cluster {
+                port: 0,
+                data,
+                bin,
+                user,
+                _dir: tmp,
+                stopped: true,
+            };
+            cluster.configure(&opts.settings, false)?;
+            cluster.run()?;
+            return Ok(cluster);
+        }
         let out = pg_command(&bin, "initdb", user)
             .args(["-D"])
             .arg(&data)

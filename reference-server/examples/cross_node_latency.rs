@@ -118,6 +118,11 @@ async fn provision(
     Ok((ids, tokens.tokens.into_iter().collect()))
 }
 
+/// (room, seq) -> (intended send time, posting node).
+type Sent = HashMap<(u64, u64), (Instant, usize)>;
+/// (room, seq, reading node, arrival time).
+type Arrival = (u64, u64, usize, Instant);
+
 #[derive(Default)]
 struct Classes {
     same: Option<Histogram<u64>>,
@@ -141,8 +146,8 @@ async fn measure(
     let (rooms, tokens) = provision(&admin, bases.len()).await?;
     let n = bases.len();
     // Readers: one per node, joined to every room.
-    let sent: Arc<Mutex<HashMap<(u64, u64), (Instant, usize)>>> = Arc::default();
-    let arrivals: Arc<Mutex<Vec<(u64, u64, usize, Instant)>>> = Arc::default();
+    let sent: Arc<Mutex<Sent>> = Arc::default();
+    let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
     let mut readers = Vec::new();
     for (i, base) in bases.iter().enumerate() {
         let c = Client::new(base.clone()).as_token(tokens[&format!("r{i}")].clone());

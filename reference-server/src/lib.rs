@@ -37,6 +37,8 @@ pub mod error;
 pub mod fscheck;
 pub mod http;
 pub mod hub;
+#[cfg(feature = "bug-injection")]
+pub mod inject;
 pub mod metrics;
 pub mod store;
 pub mod topology;

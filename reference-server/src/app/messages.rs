@@ -140,6 +140,8 @@ impl App {
                 has_more: false,
             });
         }
+        #[cfg(feature = "bug-injection")]
+        let from = crate::inject::history_from(from);
         let slice = match from {
             HistoryFrom::Latest => Slice::Latest,
             HistoryFrom::Before(s) => Slice::Before(s),
@@ -229,6 +231,10 @@ pub async fn run_publisher(
     while let Some(m) = commits.recv().await {
         metrics.publish_pending.dec();
         let frame = to_frame(&wire::Event::Message(views::message(&m)));
+        #[cfg(feature = "bug-injection")]
+        if crate::inject::publish(&hub, m.room, m.seq, &frame) {
+            continue;
+        }
         hub.publish(m.room, m.seq, frame);
     }
 }

@@ -245,7 +245,13 @@ impl App {
                     r.name.to_lowercase().contains(n) || r.description.to_lowercase().contains(n)
                 })
             })
-            .filter(|r| dir.access(caller.id, r).find)
+            .filter(|r| {
+                #[cfg(feature = "bug-injection")]
+                if crate::inject::secret_room_found(&dir, caller.id, r) {
+                    return true;
+                }
+                dir.access(caller.id, r).find
+            })
             .collect();
         found.sort_by(|a, b| {
             a.name
@@ -310,6 +316,8 @@ impl App {
         }
         let _guard = self.admin_guard().await?;
         let (before, after) = self.with_room(caller, room, |dir, r, access| {
+            #[cfg(feature = "bug-injection")]
+            let access = crate::inject::member_manages(access);
             if !access.manage {
                 return Err(ApiError::forbidden(
                     "only managers and administrators may change a room",
@@ -454,6 +462,8 @@ impl App {
     ) -> ApiResult<wire::Room> {
         let _guard = self.admin_guard().await?;
         let (before, after, invited) = self.with_room(caller, room, |dir, r, access| {
+            #[cfg(feature = "bug-injection")]
+            let access = crate::inject::member_manages(access);
             if !access.manage {
                 return Err(ApiError::forbidden(
                     "only managers and administrators may change a room's lists",

@@ -44,6 +44,10 @@ pub struct PoolArgs {
 
 #[derive(Subcommand)]
 enum PoolCmd {
+    /// Run a whole pool on this machine: a private PostgreSQL (from the
+    /// installed binaries) and N node processes, with a published topology.
+    /// Runs until Ctrl-C, then stops everything; the data stays in --dir.
+    Local(LocalArgs),
     /// Fail a pool over to its backup: check its nodes are down, promote the
     /// backup's database (a streaming-replication standby of the pool's),
     /// and mark the pool failed over, so the backup pool's nodes may start
@@ -69,6 +73,219 @@ enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args)]
+pub struct LocalArgs {
+    /// Active nodes (1 to 4).
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Where the database cluster and the nodes' shared data directory live.
+    #[arg(long, default_value = "pchat-pool")]
+    dir: PathBuf,
+    /// Port of the first node; the others follow. 0 picks free ports.
+    #[arg(long, default_value_t = 8080)]
+    base_port: u16,
+    /// Compliance recording on from the start.
+    #[arg(long)]
+    compliance: bool,
+    /// Write the nodes' URLs, process ids and the data directory here (JSON)
+    /// once every node answers.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// What `pool local --ready-file` writes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LocalReady {
+    pub nodes: Vec<String>,
+    pub pids: Vec<u32>,
+    pub data_dir: PathBuf,
+    pub postgres_port: u16,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    if !(1..=4).contains(&args.nodes) {
+        bail!("a pool has 1 to 4 active nodes");
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let cluster = pgcluster::Cluster::start_with(pgcluster::Options {
+        dir: Some(dir.join("postgres")),
+        settings: vec![("max_connections".into(), "300".into())],
+    })
+    .context("cannot start PostgreSQL")?;
+    cluster.create_database("chat")?;
+    cluster.create_database("compliance")?;
+    let ports: Vec<u16> = (0..args.nodes)
+        .map(|i| {
+            if args.base_port == 0 {
+                free_port()
+            } else {
+                Ok(args.base_port + i as u16)
+            }
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let topology = Topology {
+        pools: vec![reference_server::topology::PoolDef {
+            name: "local".into(),
+            edition: Edition::Enterprise,
+            store: cluster.url("chat"),
+            compliance_store: Some(cluster.url("compliance")),
+            backup: None,
+            nodes: urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| reference_server::topology::NodeDef {
+                    name: format!("node{i}"),
+                    url: u.clone(),
+                    active: true,
+                })
+                .collect(),
+        }],
+    };
+    let broken = topology.validate();
+    if !broken.is_empty() {
+        bail!("generated topology is invalid: {broken:?}");
+    }
+    std::fs::write(dir.join("topology.toml"), toml::to_string(&topology)?)?;
+    let doc = serde_json::to_string(&Published::new(topology, "local"))?;
+    postgres::publish_setting(&cluster.url("chat"), TOPOLOGY_KEY, &doc, room_id_base(0)).await?;
+
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.join(format!("node{i}.log")))?;
+        let child = std::process::Command::new(&exe)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("PCHAT_STORE__URL", cluster.url("chat"))
+            .env("PCHAT_STORE__COMPLIANCE_URL", cluster.url("compliance"))
+            .env("PCHAT_STORE__NODE", format!("node{i}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start a node")?;
+        children.push(child);
+    }
+    let mut guard = Children(children);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, u) in urls.iter().enumerate() {
+        loop {
+            if http
+                .get(format!("{u}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if let Some(status) = guard.0[i].try_wait()? {
+                bail!(
+                    "node{i} exited ({status}); see {}",
+                    dir.join(format!("node{i}.log")).display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("node{i} did not answer within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if args.compliance {
+        let keys = reference_server::auth::Keys::load(&data)?;
+        let token = keys.issue(
+            reference_server::domain::OPERATOR,
+            reference_server::auth::now_s() + 600,
+        );
+        http.patch(format!("{}/v1/admin/compliance", urls[0]))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"enabled": true}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    println!(
+        "pool of {} node(s) on PostgreSQL 127.0.0.1:{} (data in {})",
+        args.nodes,
+        cluster.port,
+        dir.display()
+    );
+    for (i, u) in urls.iter().enumerate() {
+        println!("  node{i}  {u}");
+    }
+    println!(
+        "administer it with: reference-server admin --url {} --data-dir {} ...",
+        urls[0],
+        data.display()
+    );
+    println!("Ctrl-C stops the pool");
+    if let Some(f) = &args.ready_file {
+        let ready = LocalReady {
+            nodes: urls.clone(),
+            pids: guard.0.iter().map(|c| c.id()).collect(),
+            data_dir: data.clone(),
+            postgres_port: cluster.port,
+        };
+        std::fs::write(f, serde_json::to_string_pretty(&ready)?)?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!("stopping the pool");
+    guard.stop();
+    drop(cluster);
+    Ok(())
+}
+
+/// Node processes, stopped (SIGTERM, then kill) when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Children {
+    fn stop(&mut self) {
+        for c in &mut self.0 {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for mut c in self.0.drain(..) {
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 fn read(file: &Path) -> anyhow::Result<Topology> {
@@ -180,6 +397,7 @@ async fn answering(urls: &[String]) -> Vec<String> {
 
 pub async fn pool(args: PoolArgs) -> anyhow::Result<()> {
     let (file, pool, force, back) = match args.command {
+        PoolCmd::Local(a) => return local(a).await,
         PoolCmd::Failover {
             topology,
             pool,

@@ -362,6 +362,11 @@ impl Connection {
                 if seq > done + 1 {
                     self.fill(room, seq - 1).await?;
                 }
+                #[cfg(feature = "bug-injection")]
+                if crate::inject::dropped(room, seq) {
+                    self.delivered.insert(room, seq);
+                    return Ok(());
+                }
                 self.send(frame).await?;
                 self.delivered.insert(room, seq);
                 Ok(())
