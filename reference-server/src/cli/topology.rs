@@ -165,16 +165,13 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let log = std::fs::File::create(dir.join(format!("node{i}.log")))?;
+    let spawn = |i: usize| -> anyhow::Result<std::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("node{i}.log")))?;
         let child = std::process::Command::new(&exe)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", ports[i]), "--data-dir"])
             .arg(&data)
             .env("PCHAT_STORE__URL", cluster.url("chat"))
             .env("PCHAT_STORE__COMPLIANCE_URL", cluster.url("compliance"))
@@ -183,8 +180,10 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             .stderr(log)
             .spawn()
             .context("cannot start a node")?;
-        children.push(child);
-    }
+        std::fs::write(dir.join(format!("node{i}.pid")), child.id().to_string())?;
+        Ok(child)
+    };
+    let children = (0..args.nodes).map(spawn).collect::<anyhow::Result<Vec<_>>>()?;
     let mut guard = Children(children);
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -210,12 +209,20 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // An operator token for a day, for tools run against the pool (the
+    // conformance suite's `admin_token_file`, the sizing report).
+    let keys = reference_server::auth::Keys::load(&data)?;
+    let token = keys.issue(
+        reference_server::domain::OPERATOR,
+        reference_server::auth::now_s() + 86_400,
+    );
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, &token)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+    }
     if args.compliance {
-        let keys = reference_server::auth::Keys::load(&data)?;
-        let token = keys.issue(
-            reference_server::domain::OPERATOR,
-            reference_server::auth::now_s() + 600,
-        );
         http.patch(format!("{}/v1/admin/compliance", urls[0]))
             .bearer_auth(token)
             .json(&serde_json::json!({"enabled": true}))
@@ -237,6 +244,10 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         urls[0],
         data.display()
     );
+    println!(
+        "an operator token (valid one day) is in {}",
+        token_file.display()
+    );
     println!("Ctrl-C stops the pool");
     if let Some(f) = &args.ready_file {
         let ready = LocalReady {
@@ -247,10 +258,24 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         };
         std::fs::write(f, serde_json::to_string_pretty(&ready)?)?;
     }
+    // Like a service manager: a node that dies is started again (its pid
+    // file follows), so `kill -9 $(cat pchat-pool/node3.pid)` is a crash
+    // and restart.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = check.tick() => {
+                for i in 0..guard.0.len() {
+                    if let Some(status) = guard.0[i].try_wait()? {
+                        eprintln!("node{i} exited ({status}); starting it again");
+                        guard.0[i] = spawn(i)?;
+                    }
+                }
+            }
+        }
     }
     println!("stopping the pool");
     guard.stop();
