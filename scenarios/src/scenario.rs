@@ -25,7 +25,15 @@
 //! chat_rate = "published"  # or "per_room_per_day", "per_user_per_day"
 //!
 //! [topology]
-//! kind = "standard"        # one node on the embedded store; or "external"
+//! kind = "standard"        # one node on the embedded store; "external"; or
+//!                          # "enterprise": a pool on PostgreSQL, with
+//! # nodes = 4              #   1 to 4 active nodes
+//! # compliance = true      #   compliance recording on (any kind)
+//!
+//! # [fault]                # optional, enterprise only: at steady state ...
+//! # kind = "kill-node"     # ... kill -9 one node (its clients move), or
+//! # at_s = 60              #     "failover": lose the site, promote the backup
+//! # node = 1               # which node (kill-node)
 //!
 //! [load]                   # a fixed load ...
 //! users = 2000
@@ -60,9 +68,13 @@ use crate::toml_span::{self, Located};
 use crate::{Claim, Slo};
 
 /// The built-in scenario library: (name, file text).
-pub const LIBRARY: [(&str, &str); 4] = [
+pub const LIBRARY: [(&str, &str); 8] = [
     ("quick", include_str!("../library/quick.toml")),
     ("node-20k", include_str!("../library/node-20k.toml")),
+    ("pool-quick", include_str!("../library/pool-quick.toml")),
+    ("pool-80k", include_str!("../library/pool-80k.toml")),
+    ("node-loss", include_str!("../library/node-loss.toml")),
+    ("failover", include_str!("../library/failover.toml")),
     ("knee", include_str!("../library/knee.toml")),
     ("soak", include_str!("../library/soak.toml")),
 ];
@@ -95,6 +107,7 @@ pub struct Scenario {
     pub claim: Option<Claim>,
     pub model: ModelChoice,
     pub topology: Topology,
+    pub fault: Option<Fault>,
     pub load: Load,
     pub slo: Slo,
 }
@@ -121,14 +134,26 @@ impl Default for ModelChoice {
 }
 
 /// What is measured.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Topology {
     pub kind: TopologyKind,
+    /// Active nodes (1 for standard; 1 to 4 for enterprise).
+    pub nodes: usize,
+    /// Compliance recording on during the run.
+    pub compliance: bool,
 }
 
-/// The kinds of topology a scenario may name. An `enterprise` kind (several
-/// nodes on a shared store, `nodes = N`) is planned; a file naming it today
-/// is refused with a message that says so.
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            kind: TopologyKind::Standard,
+            nodes: 1,
+            compliance: false,
+        }
+    }
+}
+
+/// The kinds of topology a scenario may name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TopologyKind {
     /// One reference-server node on its embedded store, started by the run.
@@ -136,6 +161,26 @@ pub enum TopologyKind {
     Standard,
     /// A server the person running the scenario names at run time (a URL).
     External,
+    /// A pool of reference-server nodes sharing a PostgreSQL store, started
+    /// by the run (`reference-server pool local`).
+    Enterprise,
+}
+
+/// A fault injected once the steady state has run `at_s` seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub at_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `kill -9` of one node of the pool; it is not started again, and its
+    /// endpoints move to the surviving nodes.
+    KillNode { node: usize },
+    /// The pool's site is lost (nodes and database); the backup pool's
+    /// standby is promoted and its nodes take over.
+    Failover,
 }
 
 /// The load: one fixed level or a stepped ramp. Exactly one of `users` and
@@ -299,6 +344,8 @@ struct RawScenario {
     model: RawModel,
     #[serde(default)]
     topology: RawTopology,
+    #[serde(default)]
+    fault: Option<RawFault>,
     load: RawLoad,
     #[serde(default)]
     slo: RawSlo,
@@ -323,6 +370,16 @@ struct RawModel {
 #[serde(deny_unknown_fields)]
 struct RawTopology {
     kind: Option<Spanned<String>>,
+    nodes: Option<Spanned<u64>>,
+    compliance: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: Spanned<String>,
+    at_s: Spanned<f64>,
+    node: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -478,28 +535,101 @@ impl RawScenario {
             model.messages_loaded_on_join = Some(n.into_inner());
         }
 
-        let topology = match &self.topology.kind {
-            None => Topology::default(),
-            Some(kind) => Topology {
-                kind: match kind.get_ref().as_str() {
-                    "standard" => TopologyKind::Standard,
-                    "external" => TopologyKind::External,
-                    "enterprise" => {
-                        return Err(c.bad(
-                            "topology.kind",
-                            kind,
-                            "\"enterprise\" (several nodes, `nodes = N`) is not supported yet; use \"standard\" or \"external\"",
-                        ))
+        let kind = match &self.topology.kind {
+            None => TopologyKind::Standard,
+            Some(kind) => match kind.get_ref().as_str() {
+                "standard" => TopologyKind::Standard,
+                "external" => TopologyKind::External,
+                "enterprise" => TopologyKind::Enterprise,
+                other => {
+                    return Err(c.bad(
+                        "topology.kind",
+                        kind,
+                        format!("unknown kind {other:?}, expected \"standard\", \"enterprise\" or \"external\""),
+                    ))
+                }
+            },
+        };
+        let nodes = match (&self.topology.nodes, kind) {
+            (None, _) => 1,
+            (Some(n), TopologyKind::Enterprise) => {
+                if !(1..=4).contains(n.get_ref()) {
+                    return Err(c.bad(
+                        "topology.nodes",
+                        n,
+                        "an enterprise pool has 1 to 4 active nodes",
+                    ));
+                }
+                *n.get_ref() as usize
+            }
+            (Some(n), _) => {
+                return Err(c.bad(
+                    "topology.nodes",
+                    n,
+                    "only an \"enterprise\" topology has several nodes",
+                ))
+            }
+        };
+        let topology = Topology {
+            kind,
+            nodes,
+            compliance: self.topology.compliance.unwrap_or(false),
+        };
+        let fault = match &self.fault {
+            None => None,
+            Some(f) => {
+                if kind != TopologyKind::Enterprise {
+                    return Err(c.bad(
+                        "fault.kind",
+                        &f.kind,
+                        "faults are injected into an \"enterprise\" topology only",
+                    ));
+                }
+                if !(*f.at_s.get_ref() >= 0.0) {
+                    return Err(c.bad("fault.at_s", &f.at_s, "must be 0 or more"));
+                }
+                let kind = match f.kind.get_ref().as_str() {
+                    "kill-node" => {
+                        let node = match &f.node {
+                            Some(n) if (*n.get_ref() as usize) < nodes => *n.get_ref() as usize,
+                            Some(n) => {
+                                return Err(c.bad(
+                                    "fault.node",
+                                    n,
+                                    format!("the pool has nodes 0 to {}", nodes - 1),
+                                ))
+                            }
+                            None => {
+                                return Err(c.bad(
+                                    "fault.kind",
+                                    &f.kind,
+                                    "kill-node needs `node`",
+                                ))
+                            }
+                        };
+                        if nodes < 2 {
+                            return Err(c.bad(
+                                "fault.kind",
+                                &f.kind,
+                                "killing the only node leaves nobody to move to",
+                            ));
+                        }
+                        FaultKind::KillNode { node }
                     }
+                    "failover" => FaultKind::Failover,
                     other => {
                         return Err(c.bad(
-                            "topology.kind",
-                            kind,
-                            format!("unknown kind {other:?}, expected \"standard\" or \"external\""),
+                            "fault.kind",
+                            &f.kind,
+                            format!("unknown fault {other:?}, expected \"kill-node\" or \"failover\""),
                         ))
                     }
-                },
-            },
+                };
+                Some(Fault {
+                    kind,
+                    at_s: *f.at_s.get_ref(),
+                })
+            }
         };
 
         let slo_defaults = Slo::default();
@@ -533,6 +663,7 @@ impl RawScenario {
             claim,
             model,
             topology,
+            fault,
             load,
             slo,
         })
@@ -658,8 +789,22 @@ mod tests {
                 Scenario::parse(text, &format!("{name}.toml")).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(s.name, name);
             assert!(!s.user_steps().is_empty());
-            assert_eq!(s.topology.kind, TopologyKind::Standard);
+            let pool = name.starts_with("pool-") || ["node-loss", "failover"].contains(&name);
+            let want = if pool {
+                TopologyKind::Enterprise
+            } else {
+                TopologyKind::Standard
+            };
+            assert_eq!(s.topology.kind, want, "{name}");
         }
+        let p = Scenario::builtin("pool-80k").unwrap();
+        assert_eq!((p.topology.nodes, p.topology.compliance), (4, true));
+        assert_eq!(p.claim.as_ref().map(|c| c.users), Some(80_000));
+        let loss = Scenario::builtin("node-loss").unwrap();
+        assert_eq!(
+            loss.fault.map(|f| f.kind),
+            Some(FaultKind::KillNode { node: 1 })
+        );
         let quick = Scenario::builtin("quick").unwrap();
         assert_eq!(quick.user_steps(), vec![2_000]);
         // About a minute: ramp, steady state and grace.
@@ -843,10 +988,22 @@ max_error_pct = 0
         assert_eq!((e.line, e.field.as_deref()), (4, Some("load.users")), "{e}");
 
         let e = error(&format!("{GOOD}\n[topology]\nkind = \"cloud\"\n"));
-        insta::assert_snapshot!(e, @r#"mine.toml:9:1: topology.kind: unknown kind "cloud", expected "standard" or "external""#);
+        insta::assert_snapshot!(e, @r#"mine.toml:9:1: topology.kind: unknown kind "cloud", expected "standard", "enterprise" or "external""#);
 
-        let e = error(&format!("{GOOD}\n[topology]\nkind = \"enterprise\"\n"));
-        assert!(e.message.contains("not supported yet"), "{e}");
+        let e = error(&format!("{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 5\n"));
+        assert_eq!((e.line, e.field.as_deref()), (10, Some("topology.nodes")), "{e}");
+        let e = error(&format!("{GOOD}\n[topology]\nnodes = 2\n"));
+        assert!(e.message.contains("only an \"enterprise\""), "{e}");
+        let e = error(&format!(
+            "{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 2\n[fault]\nkind = \"kill-node\"\nat_s = 5\nnode = 2\n"
+        ));
+        assert_eq!((e.line, e.field.as_deref()), (14, Some("fault.node")), "{e}");
+        let e = error(&format!("{GOOD}\n[fault]\nkind = \"failover\"\nat_s = 5\n"));
+        assert_eq!(e.field.as_deref(), Some("fault.kind"), "{e}");
+        let e = error(&format!(
+            "{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 2\n[fault]\nkind = \"meteor\"\nat_s = 5\n"
+        ));
+        assert!(e.message.contains("unknown fault"), "{e}");
 
         let e = error(&format!("{GOOD}\n[claim]\ntext = \"big\"\nusers = 200\n"));
         assert_eq!(
