@@ -214,7 +214,7 @@ impl Cluster {
                 "unix_socket_directories".into(),
                 format!("'{}'", sock.display()),
             ),
-            ("max_connections".into(), "200".into()),
+            ("max_connections".into(), "300".into()),
             ("shared_buffers".into(), "128MB".into()),
         ];
         if fresh {

@@ -49,15 +49,28 @@ impl Keys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut secret);
+                // Written whole under a name of this process's, then linked
+                // into place: nodes of a pool starting together on one data
+                // directory either create the key or read a complete one.
+                let tmp = dir.join(format!("{KEY_FILE}.{}", std::process::id()));
                 let mut f = fs::OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode(0o600)
-                    .open(&path)?;
+                    .open(&tmp)?;
                 f.write_all(URL_SAFE_NO_PAD.encode(secret).as_bytes())?;
                 f.sync_all()?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-                Ok(Keys { secret })
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+                let linked = fs::hard_link(&tmp, &path);
+                let _ = fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(Keys { secret }),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Keys::from_file_bytes(&fs::read(&path)?)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }

@@ -42,7 +42,8 @@ pub fn check_data_dir(dir: &Path) -> Result<(), DataDirError> {
     if mode & 0o002 != 0 {
         return Err(DataDirError::WorldWritable { path, mode });
     }
-    let probe = dir.join(".pchat-permission-probe");
+    // One probe per process: nodes of a pool may share a data directory.
+    let probe = dir.join(format!(".pchat-permission-probe-{}", std::process::id()));
     fs::write(&probe, b"probe").map_err(io)?;
     let result = (|| {
         fs::set_permissions(&probe, fs::Permissions::from_mode(0o600))?;

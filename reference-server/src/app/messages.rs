@@ -232,7 +232,7 @@ pub async fn run_publisher(
         metrics.publish_pending.dec();
         let frame = to_frame(&wire::Event::Message(views::message(&m)));
         #[cfg(feature = "bug-injection")]
-        if crate::inject::publish(&hub, m.room, m.seq, &frame) {
+        if crate::inject::reorder(&hub, m.room, m.seq, &frame) {
             continue;
         }
         hub.publish(m.room, m.seq, frame);

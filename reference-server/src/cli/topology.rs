@@ -80,17 +80,28 @@ pub struct LocalArgs {
     /// Active nodes (1 to 4).
     #[arg(long, default_value_t = 4)]
     nodes: usize,
-    /// Where the database cluster and the nodes' shared data directory live.
+    /// Where the database clusters and the nodes' shared data directory live.
     #[arg(long, default_value = "pchat-pool")]
     dir: PathBuf,
-    /// Port of the first node; the others follow. 0 picks free ports.
+    /// Port of the first node; the others follow (the backup pool's after
+    /// them). 0 picks free ports.
     #[arg(long, default_value_t = 8080)]
     base_port: u16,
     /// Compliance recording on from the start.
     #[arg(long)]
     compliance: bool,
+    /// Do not start a node again when it dies (to study the loss of a node).
+    #[arg(long)]
+    no_restart: bool,
+    /// Also a backup pool: a synchronous streaming standby of the database
+    /// and as many nodes, started when the site is lost. SIGUSR1 to this
+    /// process loses the site: every node is killed, the primary database
+    /// stops at once, the standby is promoted (`pool failover`) and the
+    /// backup pool's nodes start; the timings go to `<dir>/failover.json`.
+    #[arg(long)]
+    backup: bool,
     /// Write the nodes' URLs, process ids and the data directory here (JSON)
-    /// once every node answers.
+    /// once every node answers, and again after a failover.
     #[arg(long)]
     ready_file: Option<PathBuf>,
 }
@@ -98,10 +109,24 @@ pub struct LocalArgs {
 /// What `pool local --ready-file` writes.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct LocalReady {
+    /// The nodes serving now.
     pub nodes: Vec<String>,
     pub pids: Vec<u32>,
+    /// The backup pool's nodes (not running until a failover).
+    pub backup_nodes: Vec<String>,
     pub data_dir: PathBuf,
+    pub admin_token_file: PathBuf,
     pub postgres_port: u16,
+    pub failed_over: bool,
+}
+
+/// What a failover of `pool local --backup` measured, in ms since the site
+/// was lost (`lost_at_unix_ms`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct LocalFailover {
+    pub lost_at_unix_ms: u128,
+    pub promoted_ms: u128,
+    pub serving_ms: u128,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -110,20 +135,126 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// A node of `pool local`: how to (re)start it.
+#[derive(Clone)]
+struct NodeSpec {
+    name: String,
+    port: u16,
+    store: String,
+    compliance: String,
+}
+
+struct Local {
+    exe: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+}
+
+impl Local {
+    fn spawn(&self, n: &NodeSpec) -> anyhow::Result<std::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", n.name)))?;
+        let child = std::process::Command::new(&self.exe)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", n.port),
+                "--data-dir",
+            ])
+            .arg(&self.data)
+            .env("PCHAT_STORE__URL", &n.store)
+            .env("PCHAT_STORE__COMPLIANCE_URL", &n.compliance)
+            .env("PCHAT_STORE__NODE", &n.name)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start a node")?;
+        std::fs::write(
+            self.dir.join(format!("{}.pid", n.name)),
+            child.id().to_string(),
+        )?;
+        Ok(child)
+    }
+
+    async fn wait_healthy(
+        &self,
+        nodes: &[NodeSpec],
+        children: &mut [std::process::Child],
+    ) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (i, n) in nodes.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/healthz", n.port);
+            loop {
+                if http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    break;
+                }
+                if let Some(status) = children[i].try_wait()? {
+                    bail!(
+                        "{} exited ({status}); see {}",
+                        n.name,
+                        self.dir.join(format!("{}.log", n.name)).display()
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!("{} did not answer within 60 s", n.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn urls_of(nodes: &[NodeSpec]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| format!("http://127.0.0.1:{}", n.port))
+        .collect()
+}
+
 async fn local(args: LocalArgs) -> anyhow::Result<()> {
     if !(1..=4).contains(&args.nodes) {
         bail!("a pool has 1 to 4 active nodes");
     }
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    let cluster = pgcluster::Cluster::start_with(pgcluster::Options {
+    let mut primary = pgcluster::Cluster::start_with(pgcluster::Options {
         dir: Some(dir.join("postgres")),
-        settings: vec![("max_connections".into(), "300".into())],
+        settings: Vec::new(),
     })
     .context("cannot start PostgreSQL")?;
-    cluster.create_database("chat")?;
-    cluster.create_database("compliance")?;
-    let ports: Vec<u16> = (0..args.nodes)
+    primary.create_database("chat")?;
+    primary.create_database("compliance")?;
+    let standby = if args.backup {
+        let s = pgcluster::Cluster::start_standby(&primary, "backup")
+            .context("cannot start the standby")?;
+        // Every commit now waits until the standby has it.
+        primary.psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = 'backup'",
+        )?;
+        primary.psql("postgres", "SELECT pg_reload_conf()")?;
+        Some(s)
+    } else {
+        None
+    };
+    let count = args.nodes * if args.backup { 2 } else { 1 };
+    let ports: Vec<u16> = (0..count)
         .map(|i| {
             if args.base_port == 0 {
                 free_port()
@@ -132,83 +263,74 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
             }
         })
         .collect::<anyhow::Result<_>>()?;
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
+    let main_nodes: Vec<NodeSpec> = (0..args.nodes)
+        .map(|i| NodeSpec {
+            name: format!("node{i}"),
+            port: ports[i],
+            store: primary.url("chat"),
+            compliance: primary.url("compliance"),
+        })
         .collect();
-    let topology = Topology {
-        pools: vec![reference_server::topology::PoolDef {
-            name: "local".into(),
+    let dr_nodes: Vec<NodeSpec> = match &standby {
+        None => Vec::new(),
+        Some(s) => (0..args.nodes)
+            .map(|i| NodeSpec {
+                name: format!("dr{i}"),
+                port: ports[args.nodes + i],
+                store: s.url("chat"),
+                compliance: s.url("compliance"),
+            })
+            .collect(),
+    };
+    let pool_def = |name: &str, nodes: &[NodeSpec], backup: Option<String>| {
+        reference_server::topology::PoolDef {
+            name: name.into(),
             edition: Edition::Enterprise,
-            store: cluster.url("chat"),
-            compliance_store: Some(cluster.url("compliance")),
-            backup: None,
-            nodes: urls
+            store: nodes[0].store.clone(),
+            compliance_store: Some(nodes[0].compliance.clone()),
+            backup,
+            nodes: nodes
                 .iter()
-                .enumerate()
-                .map(|(i, u)| reference_server::topology::NodeDef {
-                    name: format!("node{i}"),
-                    url: u.clone(),
+                .map(|n| reference_server::topology::NodeDef {
+                    name: n.name.clone(),
+                    url: format!("http://127.0.0.1:{}", n.port),
                     active: true,
                 })
                 .collect(),
-        }],
+        }
     };
+    let mut pools = vec![pool_def(
+        "local",
+        &main_nodes,
+        standby.as_ref().map(|_| "local-dr".to_owned()),
+    )];
+    if !dr_nodes.is_empty() {
+        pools.push(pool_def("local-dr", &dr_nodes, None));
+    }
+    let topology = Topology { pools };
     let broken = topology.validate();
     if !broken.is_empty() {
         bail!("generated topology is invalid: {broken:?}");
     }
     std::fs::write(dir.join("topology.toml"), toml::to_string(&topology)?)?;
-    let doc = serde_json::to_string(&Published::new(topology, "local"))?;
-    postgres::publish_setting(&cluster.url("chat"), TOPOLOGY_KEY, &doc, room_id_base(0)).await?;
+    let doc = serde_json::to_string(&Published::new(topology.clone(), "local"))?;
+    postgres::publish_setting(&primary.url("chat"), TOPOLOGY_KEY, &doc, room_id_base(0)).await?;
 
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
-    let exe = std::env::current_exe()?;
-    let spawn = |i: usize| -> anyhow::Result<std::process::Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("node{i}.log")))?;
-        let child = std::process::Command::new(&exe)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", ports[i]), "--data-dir"])
-            .arg(&data)
-            .env("PCHAT_STORE__URL", cluster.url("chat"))
-            .env("PCHAT_STORE__COMPLIANCE_URL", cluster.url("compliance"))
-            .env("PCHAT_STORE__NODE", format!("node{i}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start a node")?;
-        std::fs::write(dir.join(format!("node{i}.pid")), child.id().to_string())?;
-        Ok(child)
+    let local = Local {
+        exe: std::env::current_exe()?,
+        dir: dir.clone(),
+        data: data.clone(),
     };
-    let children = (0..args.nodes).map(spawn).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut serving = main_nodes.clone();
+    let children = serving
+        .iter()
+        .map(|n| local.spawn(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut guard = Children(children);
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (i, u) in urls.iter().enumerate() {
-        loop {
-            if http
-                .get(format!("{u}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            if let Some(status) = guard.0[i].try_wait()? {
-                bail!(
-                    "node{i} exited ({status}); see {}",
-                    dir.join(format!("node{i}.log")).display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("node{i} did not answer within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    local.wait_healthy(&serving, &mut guard.0).await?;
+
     // An operator token for a day, for tools run against the pool (the
     // conformance suite's `admin_token_file`, the sizing report).
     let keys = reference_server::auth::Keys::load(&data)?;
@@ -222,26 +344,35 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
     }
+    let http = reqwest::Client::new();
     if args.compliance {
-        http.patch(format!("{}/v1/admin/compliance", urls[0]))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"enabled": true}))
-            .send()
-            .await?
-            .error_for_status()?;
+        http.patch(format!(
+            "http://127.0.0.1:{}/v1/admin/compliance",
+            serving[0].port
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"enabled": true}))
+        .send()
+        .await?
+        .error_for_status()?;
     }
     println!(
-        "pool of {} node(s) on PostgreSQL 127.0.0.1:{} (data in {})",
+        "pool of {} node(s) on PostgreSQL 127.0.0.1:{} (data in {}){}",
         args.nodes,
-        cluster.port,
-        dir.display()
+        primary.port,
+        dir.display(),
+        if args.backup {
+            ", with a backup pool on a synchronous standby (SIGUSR1 fails over)"
+        } else {
+            ""
+        }
     );
-    for (i, u) in urls.iter().enumerate() {
-        println!("  node{i}  {u}");
+    for (n, u) in serving.iter().zip(urls_of(&serving)) {
+        println!("  {}  {u}", n.name);
     }
     println!(
         "administer it with: reference-server admin --url {} --data-dir {} ...",
-        urls[0],
+        urls_of(&serving)[0],
         data.display()
     );
     println!(
@@ -249,29 +380,83 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         token_file.display()
     );
     println!("Ctrl-C stops the pool");
-    if let Some(f) = &args.ready_file {
-        let ready = LocalReady {
-            nodes: urls.clone(),
-            pids: guard.0.iter().map(|c| c.id()).collect(),
-            data_dir: data.clone(),
-            postgres_port: cluster.port,
-        };
-        std::fs::write(f, serde_json::to_string_pretty(&ready)?)?;
-    }
+    let postgres_port = primary.port;
+    let write_ready = |serving: &[NodeSpec],
+                       children: &[std::process::Child],
+                       failed_over: bool|
+     -> anyhow::Result<()> {
+        if let Some(f) = &args.ready_file {
+            let ready = LocalReady {
+                nodes: urls_of(serving),
+                pids: children.iter().map(|c| c.id()).collect(),
+                backup_nodes: urls_of(&dr_nodes),
+                data_dir: data.clone(),
+                admin_token_file: token_file.clone(),
+                postgres_port,
+                failed_over,
+            };
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_string_pretty(&ready)?)?;
+            std::fs::rename(&tmp, f)?;
+        }
+        Ok(())
+    };
+    write_ready(&serving, &guard.0, false)?;
+
     // Like a service manager: a node that dies is started again (its pid
-    // file follows), so `kill -9 $(cat pchat-pool/node3.pid)` is a crash
-    // and restart.
+    // file follows), unless --no-restart; so `kill -9 $(cat
+    // pchat-pool/node3.pid)` is a crash and a restart.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let mut check = tokio::time::interval(Duration::from_millis(250));
+    let mut failed_over = false;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = usr1.recv() => {
+                if dr_nodes.is_empty() || failed_over {
+                    eprintln!("SIGUSR1: no backup pool to fail over to");
+                    continue;
+                }
+                let lost = Instant::now();
+                let lost_at = unix_ms();
+                eprintln!("the site is lost: killing the nodes, stopping the primary database");
+                for c in guard.0.iter_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                guard.0.clear();
+                primary.stop(false)?;
+                switch_roles(&topology, 0, &dr_nodes[0].store, false).await?;
+                let promoted = lost.elapsed().as_millis();
+                serving = dr_nodes.clone();
+                guard.0 = serving
+                    .iter()
+                    .map(|n| local.spawn(n))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                local.wait_healthy(&serving, &mut guard.0).await?;
+                let report = LocalFailover {
+                    lost_at_unix_ms: lost_at,
+                    promoted_ms: promoted,
+                    serving_ms: lost.elapsed().as_millis(),
+                };
+                std::fs::write(dir.join("failover.json"), serde_json::to_string_pretty(&report)?)?;
+                eprintln!(
+                    "failed over: standby promoted after {} ms, backup nodes serving after {} ms",
+                    report.promoted_ms, report.serving_ms
+                );
+                failed_over = true;
+                write_ready(&serving, &guard.0, true)?;
+            }
             _ = check.tick() => {
                 for i in 0..guard.0.len() {
                     if let Some(status) = guard.0[i].try_wait()? {
-                        eprintln!("node{i} exited ({status}); starting it again");
-                        guard.0[i] = spawn(i)?;
+                        if args.no_restart {
+                            continue;
+                        }
+                        eprintln!("{} exited ({status}); starting it again", serving[i].name);
+                        guard.0[i] = local.spawn(&serving[i])?;
                     }
                 }
             }
@@ -279,7 +464,42 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
     }
     println!("stopping the pool");
     guard.stop();
-    drop(cluster);
+    drop(standby);
+    drop(primary);
+    Ok(())
+}
+
+/// Promotes `store` (the database taking the pool's rooms over) and records
+/// the new pool states in it: the pool at `index` failed over to its backup,
+/// or (`back`) active again on its own nodes.
+async fn switch_roles(t: &Topology, index: usize, store: &str, back: bool) -> anyhow::Result<()> {
+    let pool = t.pools[index].name.clone();
+    let backup = t.pools[index]
+        .backup
+        .clone()
+        .context("the pool has no backup")?;
+    postgres::promote(store, 60)
+        .await
+        .with_context(|| format!("cannot promote {store}"))?;
+    let doc = postgres::read_setting(store, TOPOLOGY_KEY)
+        .await?
+        .context("no topology is published in the promoted store")?;
+    let mut published: Published = serde_json::from_str(&doc)?;
+    published.topology = t.clone();
+    if back {
+        published.states.insert(pool, ACTIVE.into());
+        published.states.insert(backup, STANDBY.into());
+    } else {
+        published.states.insert(pool, FAILED_OVER.into());
+        published.states.insert(backup, ACTIVE.into());
+    }
+    postgres::publish_setting(
+        store,
+        TOPOLOGY_KEY,
+        &serde_json::to_string(&published)?,
+        room_id_base(index),
+    )
+    .await?;
     Ok(())
 }
 
@@ -471,28 +691,7 @@ pub async fn pool(args: PoolArgs) -> anyhow::Result<()> {
         );
     }
     println!("promoting the database of pool {:?}", to.name);
-    postgres::promote(&to.store, 60)
-        .await
-        .with_context(|| format!("cannot promote {}", to.store))?;
-    let doc = postgres::read_setting(&to.store, TOPOLOGY_KEY)
-        .await?
-        .context("no topology is published in the promoted store")?;
-    let mut published: Published = serde_json::from_str(&doc)?;
-    published.topology = t.clone();
-    if back {
-        published.states.insert(pool.clone(), ACTIVE.into());
-        published.states.insert(backup_name.clone(), STANDBY.into());
-    } else {
-        published.states.insert(pool.clone(), FAILED_OVER.into());
-        published.states.insert(backup_name.clone(), ACTIVE.into());
-    }
-    postgres::publish_setting(
-        &to.store,
-        TOPOLOGY_KEY,
-        &serde_json::to_string(&published)?,
-        room_id_base(index),
-    )
-    .await?;
+    switch_roles(&t, index, &to.store, back).await?;
     println!(
         "pool {pool:?} is {} (took {:.1} s): start the nodes of pool {:?}: {}",
         if back {
