@@ -450,13 +450,13 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
                 write_ready(&serving, &guard.0, true)?;
             }
             _ = check.tick() => {
-                for i in 0..guard.0.len() {
-                    if let Some(status) = guard.0[i].try_wait()? {
+                for (child, node) in guard.0.iter_mut().zip(&serving) {
+                    if let Some(status) = child.try_wait()? {
                         if args.no_restart {
                             continue;
                         }
-                        eprintln!("{} exited ({status}); starting it again", serving[i].name);
-                        guard.0[i] = local.spawn(&serving[i])?;
+                        eprintln!("{} exited ({status}); starting it again", node.name);
+                        *child = local.spawn(node)?;
                     }
                 }
             }
