@@ -117,7 +117,7 @@ nodes = [{{ name = "far1", url = "{u3}" }}]
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("topology.toml");
-    std::fs::write(&file, topo).unwrap();
+    std::fs::write(&file, &topo).unwrap();
     let file_s = file.to_str().unwrap();
     let out = cli(&["topology", "validate", file_s]);
     assert!(
@@ -243,5 +243,58 @@ nodes = [{{ name = "far1", url = "{u3}" }}]
     assert!(
         body.contains(&url(ports[3])),
         "location names pool far's node: {body}"
+    );
+
+    // Failback: the primary site's database is rebuilt as a standby of the
+    // backup's (a new cluster here, so the topology names its new address),
+    // the backup pool stops, `pool failback` promotes the rebuilt database,
+    // and the pool's own node serves everything again.
+    drop(dr1);
+    let rebuilt = pgcluster::Cluster::start_standby(&standby, "home").unwrap();
+    let topo2 = topo
+        .replace(&primary.url("chat"), &rebuilt.url("chat"))
+        .replace(&primary.url("compliance"), &rebuilt.url("compliance"));
+    let file2 = dir.path().join("topology-2.toml");
+    std::fs::write(&file2, topo2).unwrap();
+    let file2_s = file2.to_str().unwrap();
+    // A rebuilt standby must have caught up before it is promoted.
+    let mut caught_up = String::new();
+    for _ in 0..100 {
+        caught_up = rebuilt
+            .psql("chat", "SELECT count(*) FROM messages")
+            .unwrap_or_default();
+        if caught_up == "51" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(caught_up, "51");
+    let out = cli(&["pool", "failback", "--topology", file2_s, "--pool", "chat1"]);
+    assert!(
+        out.status.success(),
+        "failback: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (r_chat, r_comp) = (rebuilt.url("chat"), rebuilt.url("compliance"));
+    let fe1 = TestServer::start_node(&data, &node_env(&r_chat, &r_comp, "fe1", &listen[0])).await;
+    let alice = Client::new(fe1.base.clone()).as_token(users[0].as_str());
+    let history = alice.history(room, "after=0&limit=500").await.unwrap();
+    assert_eq!(history.messages.len(), 51, "everything is back home");
+    let pools: wire::Pools = fe1.admin.get("/v1/admin/pools").await.unwrap();
+    let state = |name: &str| pools.pools.iter().find(|p| p.name == name).unwrap().clone();
+    assert_eq!(state("chat1").state, "active");
+    assert_eq!(state("chat1-dr").state, "standby");
+    // The backup pool's node may not serve the rooms any more.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reference-server"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data);
+    for (k, v) in node_env(&r_chat, &r_comp, "dr1", "127.0.0.1:0") {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "dr1 must not start after the failback"
     );
 }
