@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::Recorder;
 
-/// What one endpoint saw of one room.
-#[derive(Debug, Default, Clone)]
+/// What one endpoint saw of one room. (Serialisable: a shard process sends
+/// its endpoints' views to the parent, which runs the checker.)
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoomView {
     /// The `last_seq` its first join answered: everything above it is owed.
     pub base: Option<u64>,
@@ -66,32 +67,39 @@ impl Endpoint {
     }
 }
 
-/// Intended send times of the run's posts, in microseconds since the run's
-/// epoch (`u64::MAX`: not sent yet), indexed by post number.
+/// Intended send times of a step's posts, indexed by post number. Every
+/// post's time is known from the schedule, so a shard measures the delivery
+/// of a message that another shard's user posted.
 pub struct PostTimes {
     pub epoch: Instant,
-    times: Vec<AtomicU64>,
+    /// Intended times in milliseconds from the steady state's start.
+    at_ms: Vec<u64>,
+    /// The steady state's start in microseconds since `epoch`; `u64::MAX`
+    /// until it is known (no post is sent before).
+    start_us: AtomicU64,
 }
 
 impl PostTimes {
-    pub fn new(epoch: Instant, posts: usize) -> PostTimes {
+    pub fn new(epoch: Instant, at_ms: Vec<u64>) -> PostTimes {
         PostTimes {
             epoch,
-            times: (0..posts).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            at_ms,
+            start_us: AtomicU64::new(u64::MAX),
         }
     }
 
-    pub fn set(&self, post: u32, intended: Instant) {
-        if let Some(t) = self.times.get(post as usize) {
-            let us = intended.saturating_duration_since(self.epoch).as_micros() as u64;
-            t.store(us, Ordering::Release);
-        }
+    /// Fixes the steady state's start.
+    pub fn start(&self, start: Instant) {
+        let us = start.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.start_us.store(us, Ordering::Release);
     }
 
     /// Microseconds from the post's intended send time to now.
     pub fn since(&self, post: u32) -> Option<u64> {
-        let t = self.times.get(post as usize)?.load(Ordering::Acquire);
-        (t != u64::MAX).then(|| (self.epoch.elapsed().as_micros() as u64).saturating_sub(t))
+        let start = self.start_us.load(Ordering::Acquire);
+        let at = *self.at_ms.get(post as usize)?;
+        (start != u64::MAX)
+            .then(|| (self.epoch.elapsed().as_micros() as u64).saturating_sub(start + at * 1000))
     }
 }
 
@@ -119,10 +127,18 @@ struct Frame<'a> {
     text: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// What the stream tasks share.
-pub struct Pool {
+/// One server node: its base URL and address.
+#[derive(Clone, Debug)]
+pub struct Node {
     pub base: String,
     pub dest: SocketAddr,
+}
+
+/// What the stream tasks share.
+pub struct Pool {
+    /// The nodes of the target; a user's streams go to
+    /// `nodes[user % nodes.len()]`.
+    pub nodes: Vec<Node>,
     pub recorder: Arc<Recorder>,
     pub posts: Arc<PostTimes>,
     /// Server room id to workload room index.
@@ -134,10 +150,18 @@ pub struct Pool {
     pub open: AtomicU64,
 }
 
-/// Runs one endpoint's stream until `pool.stop` fires. `slot` picks the
-/// source address. Returns when stopped.
-pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot: usize) {
-    let source = crate::net::source_for(pool.dest.ip(), slot);
+/// Runs one endpoint's stream to `pool.nodes[node]` until `pool.stop`
+/// fires. `slot` (the endpoint's index in the whole run, over every shard)
+/// picks the source address. Returns when stopped.
+pub async fn run_stream(
+    pool: Arc<Pool>,
+    ep: Arc<Endpoint>,
+    token: String,
+    slot: usize,
+    node: usize,
+) {
+    let Node { base, dest } = &pool.nodes[node];
+    let source = crate::net::source_for(dest.ip(), slot);
     let mut backoff = Duration::from_millis(100);
     while !pool.stop.is_cancelled() {
         let resume: Vec<(u64, u64)> = {
@@ -149,8 +173,7 @@ pub async fn run_stream(pool: Arc<Pool>, ep: Arc<Endpoint>, token: String, slot:
                 .collect()
         };
         let started = Instant::now();
-        let connect =
-            crate::net::connect_stream(&pool.base, pool.dest, &token, &ep.name, &resume, source);
+        let connect = crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, source);
         let ws = tokio::select! {
             r = connect => r,
             _ = pool.stop.cancelled() => return,

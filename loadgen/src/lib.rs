@@ -8,6 +8,8 @@
 //! - [`ops`]: the request/response operations, run as goose users.
 //! - [`record`]: HdrHistograms and counters per second and per window.
 //! - [`check`]: the correctness checker (lost, duplicated, reordered, gaps).
+//! - [`shard`]: one generator shard's part of a step (the users `u` with
+//!   `u % shards == k`), run in this process or as a process of its own.
 //! - [`run`]: a whole run, step by step, with CPU/RSS sampling.
 //! - [`net`], [`procfs`]: sockets, fd limits, /proc sampling.
 
@@ -19,6 +21,7 @@ pub mod procfs;
 pub mod record;
 pub mod run;
 pub mod schedule;
+pub mod shard;
 pub mod workload;
 
 pub use procfs::machine;

@@ -29,6 +29,9 @@ pub struct Shared {
     pub workload: Arc<Workload>,
     pub tokens: Arc<Vec<String>>,
     pub room_ids: Arc<Vec<u64>>,
+    /// Base URLs of the target's nodes: user u's requests go to
+    /// `nodes[u % nodes.len()]`.
+    pub nodes: Arc<Vec<String>>,
     /// Endpoints by user: `endpoints[user][index]`.
     pub endpoints: Arc<Vec<Vec<Arc<Endpoint>>>>,
     pub recorder: Arc<Recorder>,
@@ -63,10 +66,12 @@ pub async fn run(
         .get_or_init(|| Mutex::new(None))
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
-    let run_s = state
+    // Rounded up: a run cut short would drop the schedule's last operations.
+    let run_s = (state
         .end
         .saturating_duration_since(Instant::now())
-        .as_secs()
+        .as_secs_f64()
+        .ceil() as u64)
         .max(1)
         .to_string();
     let workers_s = workers.to_string();
@@ -126,7 +131,7 @@ async fn next_operation(user: &mut GooseUser) -> TransactionResult {
         .as_micros() as u64;
     s.lag_max_us.fetch_max(lag, Ordering::Relaxed);
     let name = op.kind.name();
-    match perform(user, &s, op, intended).await {
+    match perform(user, &s, op).await {
         Ok(()) => {
             let us = intended.elapsed().as_micros() as u64;
             s.recorder.ok(name, us);
@@ -185,16 +190,15 @@ async fn call(
         .map_err(|_| "bad_json".to_owned())
 }
 
-async fn perform(
-    user: &mut GooseUser,
-    s: &Shared,
-    op: &Op,
-    intended: Instant,
-) -> Result<(), String> {
+/// The absolute URL of `path` on simulated user `u`'s node.
+fn url(s: &Shared, u: u32, path: &str) -> String {
+    format!("{}{path}", s.nodes[u as usize % s.nodes.len()])
+}
+
+async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String> {
     let w = &s.workload;
     match op.kind {
         OpKind::Post { room, poster, post } => {
-            s.posts.set(post, intended);
             let room_id = s.room_ids[room as usize];
             let body = json!({
                 "text": post_text(post, post % crate::schedule::SEARCH_TERMS),
@@ -203,7 +207,7 @@ async fn perform(
             let v = call(
                 user,
                 GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/messages"),
+                &url(s, poster, &format!("/v1/rooms/{room_id}/messages")),
                 "post message",
                 &s.tokens[poster as usize],
                 Some(body),
@@ -229,7 +233,7 @@ async fn perform(
             call(
                 user,
                 GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/leave"),
+                &url(s, u, &format!("/v1/rooms/{room_id}/leave")),
                 "leave room",
                 token,
                 Some(json!({ "endpoint": ep.name })),
@@ -241,7 +245,7 @@ async fn perform(
             let v = call(
                 user,
                 GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/join"),
+                &url(s, u, &format!("/v1/rooms/{room_id}/join")),
                 "join room",
                 token,
                 Some(json!({ "endpoint": ep.name, "since": since })),
@@ -262,7 +266,7 @@ async fn perform(
             call(
                 user,
                 GooseMethod::Get,
-                &format!("/v1/rooms/{room_id}/participants?limit=25"),
+                &url(s, u, &format!("/v1/rooms/{room_id}/participants?limit=25")),
                 "participants",
                 &s.tokens[u as usize],
                 None,
@@ -274,7 +278,7 @@ async fn perform(
         OpKind::Presence { user: u, state } => call(
             user,
             GooseMethod::Put,
-            "/v1/me/presence",
+            &url(s, u, "/v1/me/presence"),
             "presence",
             &s.tokens[u as usize],
             Some(json!({ "state": state })),
@@ -287,7 +291,7 @@ async fn perform(
             call(
                 user,
                 GooseMethod::Get,
-                &format!("/v1/rooms/{room_id}/messages?limit=50"),
+                &url(s, u, &format!("/v1/rooms/{room_id}/messages?limit=50")),
                 "history",
                 &s.tokens[u as usize],
                 None,
@@ -299,7 +303,7 @@ async fn perform(
         OpKind::Search { user: u, term } => call(
             user,
             GooseMethod::Get,
-            &format!("/v1/search/messages?q=w{term}&limit=20"),
+            &url(s, u, &format!("/v1/search/messages?q=w{term}&limit=20")),
             "search",
             &s.tokens[u as usize],
             None,

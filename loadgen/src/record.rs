@@ -64,6 +64,132 @@ pub struct WindowFigures {
     pub errors: BTreeMap<String, u64>,
 }
 
+/// A histogram that crosses process boundaries: HdrHistogram's V2 encoding
+/// in base64, so a shard's latencies merge exactly, not as percentiles.
+#[derive(Clone, Debug)]
+pub struct Hist(pub Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist(histogram())
+    }
+}
+
+impl Hist {
+    /// Adds `other`'s counts (both have the recorder's bounds).
+    pub fn merge(&mut self, other: &Hist) {
+        if self.0.add(&other.0).is_err() {
+            // Bounds differ only if a peer was built differently: keep every
+            // value anyway, at the cost of exactness above our bounds.
+            for v in other.0.iter_recorded() {
+                self.0
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Hist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        use hdrhistogram::serialization::Serializer as _;
+        let mut bytes = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.0, &mut bytes)
+            .map_err(|e| serde::ser::Error::custom(format!("histogram: {e:?}")))?;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hist {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map(Hist)
+            .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))
+    }
+}
+
+/// One second of one recorder, mergeable with the same second of others.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RawSecond {
+    pub posts: u64,
+    pub deliveries: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub post_ack: Option<Hist>,
+    pub delivery: Option<Hist>,
+}
+
+fn merge_opt(into: &mut Option<Hist>, from: &Option<Hist>) {
+    match (into.as_mut(), from) {
+        (Some(a), Some(b)) => a.merge(b),
+        (None, Some(b)) => *into = Some(b.clone()),
+        _ => {}
+    }
+}
+
+impl RawSecond {
+    pub fn merge(&mut self, o: &RawSecond) {
+        self.posts += o.posts;
+        self.deliveries += o.deliveries;
+        self.requests += o.requests;
+        self.errors += o.errors;
+        merge_opt(&mut self.post_ack, &o.post_ack);
+        merge_opt(&mut self.delivery, &o.delivery);
+    }
+
+    pub fn figures(&self) -> SecondFigures {
+        SecondFigures {
+            posts: self.posts,
+            deliveries: self.deliveries,
+            requests: self.requests,
+            errors: self.errors,
+            post_ack: self.post_ack.as_ref().map(|h| summary(&h.0, false)),
+            delivery: self.delivery.as_ref().map(|h| summary(&h.0, false)),
+        }
+    }
+}
+
+/// One measurement window of one recorder, mergeable with others.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RawWindow {
+    pub latencies: BTreeMap<String, Hist>,
+    pub operations: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl RawWindow {
+    pub fn merge(&mut self, o: &RawWindow) {
+        for (k, h) in &o.latencies {
+            self.latencies.entry(k.clone()).or_default().merge(h);
+        }
+        for (k, v) in &o.operations {
+            *self.operations.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+
+    pub fn figures(&self) -> WindowFigures {
+        WindowFigures {
+            latencies: self
+                .latencies
+                .iter()
+                .map(|(k, h)| (k.clone(), summary(&h.0, true)))
+                .collect(),
+            operations: self.operations.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
@@ -127,30 +253,35 @@ impl Recorder {
         }
     }
 
-    /// The figures of the second that just ended; starts the next one.
-    pub fn take_second(&self) -> SecondFigures {
+    /// The raw figures of the second that just ended; starts the next one.
+    pub fn take_second_raw(&self) -> RawSecond {
         let mut s = self.lock();
-        let second = std::mem::take(&mut s.second);
+        let mut second = std::mem::take(&mut s.second);
         let c = std::mem::take(&mut s.second_counts);
-        SecondFigures {
+        RawSecond {
             posts: c.posts,
             deliveries: c.deliveries,
             requests: c.requests,
             errors: c.errors.values().sum(),
-            post_ack: second.get("post_ack").map(|h| summary(h, false)),
-            delivery: second.get("delivery").map(|h| summary(h, false)),
+            post_ack: second.remove("post_ack").map(Hist),
+            delivery: second.remove("delivery").map(Hist),
         }
     }
 
-    /// The figures of the window so far; starts a new window.
-    pub fn take_window(&self) -> WindowFigures {
+    /// The figures of the second that just ended; starts the next one.
+    pub fn take_second(&self) -> SecondFigures {
+        self.take_second_raw().figures()
+    }
+
+    /// The raw figures of the window so far; starts a new window.
+    pub fn take_window_raw(&self) -> RawWindow {
         let mut s = self.lock();
         let window = std::mem::take(&mut s.window);
         let c = std::mem::take(&mut s.window_counts);
-        WindowFigures {
+        RawWindow {
             latencies: window
-                .iter()
-                .map(|(k, h)| (k.to_string(), summary(h, true)))
+                .into_iter()
+                .map(|(k, h)| (k.to_owned(), Hist(h)))
                 .collect(),
             operations: c
                 .operations
@@ -159,6 +290,11 @@ impl Recorder {
                 .collect(),
             errors: c.errors,
         }
+    }
+
+    /// The figures of the window so far; starts a new window.
+    pub fn take_window(&self) -> WindowFigures {
+        self.take_window_raw().figures()
     }
 }
 
@@ -221,5 +357,38 @@ mod tests {
         assert_eq!(s.posts, 102);
         assert_eq!(s.errors, 1);
         assert!(r.take_second().post_ack.is_none());
+    }
+
+    #[test]
+    fn windows_merged_across_processes_equal_one_recorder_of_everything() {
+        let (a, b, all) = (
+            Recorder::default(),
+            Recorder::default(),
+            Recorder::default(),
+        );
+        for r in [&a, &b, &all] {
+            r.set_window(true);
+        }
+        for i in 1..=1000u64 {
+            let one = if i % 3 == 0 { &a } else { &b };
+            one.ok("delivery", i * 37);
+            all.ok("delivery", i * 37);
+        }
+        a.failed("post_ack", "busy");
+        all.failed("post_ack", "busy");
+        // Through the wire format, as a shard process sends it.
+        let wire = |r: &Recorder| -> RawWindow {
+            serde_json::from_str(&serde_json::to_string(&r.take_window_raw()).unwrap()).unwrap()
+        };
+        let mut merged = wire(&a);
+        merged.merge(&wire(&b));
+        let (m, w) = (merged.figures(), all.take_window());
+        assert_eq!(
+            format!("{:?}", m.latencies["delivery"]),
+            format!("{:?}", w.latencies["delivery"])
+        );
+        assert_eq!(m.latencies["delivery"].count, 1000);
+        assert_eq!(m.operations, w.operations);
+        assert_eq!(m.errors, w.errors);
     }
 }

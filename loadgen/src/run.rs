@@ -1,9 +1,9 @@
-//! A whole run: for each load step, provision the workload, ramp endpoints
-//! up, hold the steady state under goose, let deliveries drain, check what
-//! was received, and sample CPU and memory every second throughout.
+//! A whole run: for each load step, provision the workload, run the step's
+//! generator shards (in this process when one holds the step, else as
+//! processes: see [`crate::shard`]), merge what they measured, check what was
+//! received, and sample CPU and memory every second throughout.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,24 +12,40 @@ use pchat_protocol::client::Client;
 use scenarios::results::{GeneratorHealth, RunResult, Sample, Step, RESULTS_SCHEMA};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoints::{record_join, run_stream, Endpoint, Pool, PostTimes};
+use crate::endpoints::Endpoint;
 use crate::procfs::CpuSampler;
-use crate::record::Recorder;
-use crate::schedule::{self, OpKind};
+use crate::record::{RawSecond, RawWindow};
+use crate::shard::{self, Command, Event, ShardCommand, ShardOutcome, ShardParams, ShardSpec};
 use crate::workload::Workload;
 
 /// The server under test.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// `http://host:port`.
+    /// `http://host:port` of the node that takes provisioning and the
+    /// administrator's calls.
     pub base: String,
+    /// Base URLs of every node of the deployment. Simulated user u's
+    /// streams and requests go to `nodes[u % nodes.len()]`; empty means
+    /// `[base]`, one node.
+    pub nodes: Vec<String>,
     /// A token of a Persistent Chat administrator (provisioning, tokens).
     pub admin_token: String,
-    /// Server processes on this machine whose CPU and RSS are sampled; empty
-    /// for an external target.
+    /// Server processes on this machine whose CPU and RSS are sampled, one
+    /// per node; empty for an external target.
     pub server_pids: Vec<u32>,
     /// How the report names the target.
     pub label: String,
+}
+
+impl Target {
+    /// The nodes users are spread over.
+    pub fn nodes(&self) -> Vec<String> {
+        if self.nodes.is_empty() {
+            vec![self.base.clone()]
+        } else {
+            self.nodes.clone()
+        }
+    }
 }
 
 /// One load level.
@@ -53,12 +69,32 @@ pub struct RunSpec {
     pub steps: Vec<StepSpec>,
     /// Stop after the first step that breaks the objective (knee search).
     pub stop_when_broken: bool,
-    /// goose users executing the request/response operations.
+    /// goose users executing the request/response operations, over all
+    /// generator processes.
     pub workers: usize,
+    /// Generator processes per step; `None`: [`generators_for`] the step.
+    pub generators: Option<usize>,
+    /// How to start a generator process, for steps that need more than
+    /// one; a step that needs several without it fails with a reason.
+    pub shard_command: Option<ShardCommand>,
     /// The directory where goose writes its own HTML report of each step
-    /// (`goose-<users>-users.html`), if any.
+    /// (`goose-<users>-users.html`, `-<k>.html` per process), if any.
     pub goose_report: Option<std::path::PathBuf>,
     pub command: String,
+}
+
+/// Event streams one generator process holds at most when the count is
+/// chosen automatically: well inside the 20,000 open files one process may
+/// have on these machines, with room for its HTTP connections.
+pub const STREAMS_PER_GENERATOR: u64 = 15_000;
+
+/// Generator processes for a step of `endpoints` streams: `requested`, or
+/// enough that none holds more than [`STREAMS_PER_GENERATOR`]. One means
+/// the step runs inside the calling process.
+pub fn generators_for(endpoints: u64, requested: Option<usize>) -> usize {
+    requested
+        .unwrap_or_else(|| endpoints.div_ceil(STREAMS_PER_GENERATOR) as usize)
+        .max(1)
 }
 
 /// Live figures for a progress display, updated every second.
@@ -77,10 +113,42 @@ pub struct Progress {
 /// Builds the workload of a step: (users, namespace) -> workload.
 pub type MakeWorkload<'a> = dyn Fn(u64, &str) -> Workload + 'a;
 
+/// What the sampler reads while a step runs.
+#[derive(Default)]
 struct Live {
     phase: Mutex<String>,
-    users: AtomicU64,
-    pool: Mutex<Option<Arc<Pool>>>,
+    /// Latest (users arrived, streams open) of each shard of the step.
+    shards: Mutex<HashMap<usize, (u64, u64)>>,
+    /// Per-second figures merged over the shards, by second of the epoch.
+    seconds: Mutex<BTreeMap<u64, RawSecond>>,
+    /// Generator processes besides this one: (pid, CPU capacity in percent
+    /// of one core, i.e. 100 per worker thread).
+    processes: Mutex<Vec<(u32, f64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic mid-update cannot break it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    fn set_phase(&self, p: &str) {
+        *lock(&self.phase) = p.into();
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        lock(&self.shards)
+            .values()
+            .fold((0, 0), |(u, e), (su, se)| (u + su, e + se))
+    }
+}
+
+/// CPU of one generator process in one second.
+struct ProcessCpu {
+    t_s: f64,
+    pid: u32,
+    pct: f64,
+    capacity_pct: f64,
 }
 
 /// Runs every step of `spec` against `target`. Stops early, keeping what
@@ -98,19 +166,14 @@ pub async fn run(
     let (soft, hard) = crate::net::raise_fd_limit();
     let mut machine = crate::procfs::machine();
     machine.fd_limit = (soft, hard);
-    let recorder = Arc::new(Recorder::default());
-    let live = Arc::new(Live {
-        phase: Mutex::new("provision".into()),
-        users: AtomicU64::new(0),
-        pool: Mutex::new(None),
-    });
+    let live = Arc::new(Live::default());
+    live.set_phase("provision");
     let timeline: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let sampler_stop = CancellationToken::new();
     let progress: Arc<Mutex<Progress>> = Arc::default();
     let sampler = tokio::spawn(sample_every_second(
         epoch,
         target.server_pids.clone(),
-        recorder.clone(),
         live.clone(),
         timeline.clone(),
         progress.clone(),
@@ -125,7 +188,7 @@ pub async fn run(
     let progress_tick = {
         let progress = progress.clone();
         move |step: usize| {
-            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut p = lock(&progress).clone();
             p.step = step + 1;
             p.steps = spec.steps.len();
             on_progress(&p);
@@ -138,7 +201,21 @@ pub async fn run(
         }
         let ns = format!("lg{:x}s{i}r{}-", spec.seed, std::process::id() % 10_000);
         let workload = Arc::new(make(step_spec.users, &ns));
-        if let Some(reason) = preflight(&workload, target, soft, spec.workers) {
+        let generators = generators_for(workload.endpoints(), spec.generators);
+        let fits = Fit {
+            own_limit: soft,
+            workers: spec.workers,
+            generators,
+            can_spawn: spec.shard_command.is_some(),
+            // Each node is one process: the lowest limit must hold the
+            // fullest node's streams.
+            server_limit: target
+                .server_pids
+                .iter()
+                .filter_map(|p| crate::procfs::fd_limit(*p))
+                .min(),
+        };
+        if let Some(reason) = preflight(&workload, target, &fits) {
             // Larger steps would not fit either: stop here.
             not_run.extend(spec.steps[i..].iter().map(|s| scenarios::results::NotRun {
                 users: s.users,
@@ -156,7 +233,7 @@ pub async fn run(
             step_spec,
             target,
             workload,
-            recorder: recorder.clone(),
+            generators,
             live: live.clone(),
             epoch,
             interrupt: interrupt.clone(),
@@ -182,14 +259,15 @@ pub async fn run(
             break;
         }
     }
-    *live.phase.lock().unwrap_or_else(|p| p.into_inner()) = "done".into();
+    live.set_phase("done");
     sampler_stop.cancel();
-    let _ = sampler.await;
-    let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|p| p.into_inner()));
+    let process_cpu = sampler.await.unwrap_or_default();
+    let mut timeline = std::mem::take(&mut *lock(&timeline));
+    fill_seconds(&mut timeline, &lock(&live.seconds));
     for s in &mut steps {
         fill_server_figures(s, &timeline);
     }
-    let generator = generator_health(&steps, &timeline, machine.cores, lag_max_us);
+    let generator = generator_health(&steps, &timeline, &process_cpu, machine.cores, lag_max_us);
     Ok(RunResult {
         schema: RESULTS_SCHEMA,
         scenario: spec.scenario.clone(),
@@ -218,36 +296,65 @@ pub async fn run(
 /// connections, databases, the listener, logs.
 const FD_HEADROOM: u64 = 600;
 
+/// The processes a step would run in, and their limits.
+struct Fit {
+    /// Open files one generator process may hold.
+    own_limit: u64,
+    workers: usize,
+    generators: usize,
+    /// Whether generator processes can be started at all.
+    can_spawn: bool,
+    /// Open files the most limited server node process may hold, when the
+    /// server runs on this machine.
+    server_limit: Option<u64>,
+}
+
+/// Streams of the fullest of `parts` groups when user u goes to group
+/// `u % parts`.
+fn fullest_part(w: &Workload, parts: usize) -> u64 {
+    let parts = parts.max(1);
+    let mut per = vec![0u64; parts];
+    for (u, su) in w.users.iter().enumerate() {
+        per[u % parts] += su.endpoints as u64;
+    }
+    per.into_iter().max().unwrap_or(0)
+}
+
 /// Why this host cannot run a step, if it cannot: every event stream is a
-/// socket in the server process and one in the generator, and one process
-/// may hold only its open-file limit.
-fn preflight(w: &Workload, target: &Target, own_limit: u64, workers: usize) -> Option<String> {
+/// socket in a server node's process and one in a generator process, and
+/// one process may hold only its open-file limit.
+fn preflight(w: &Workload, target: &Target, fit: &Fit) -> Option<String> {
     let streams = w.endpoints();
     let mut reasons = Vec::new();
-    let own_need = streams + FD_HEADROOM + workers as u64;
-    if own_limit > 0 && own_need > own_limit {
+    let g = fit.generators;
+    if g > 1 && !fit.can_spawn {
         reasons.push(format!(
-            "the load generator needs about {own_need} open files and may hold {own_limit}"
+            "the step needs {g} load generator processes and this caller cannot start them"
         ));
     }
-    let server_limit = target
-        .server_pids
-        .iter()
-        .filter_map(|p| crate::procfs::fd_limit(*p))
-        .sum::<u64>();
-    let server_need = streams + FD_HEADROOM;
-    if server_limit > 0 && server_need > server_limit {
+    let own_need = fullest_part(w, g) + FD_HEADROOM + fit.workers.div_ceil(g) as u64;
+    if fit.own_limit > 0 && own_need > fit.own_limit {
         reasons.push(format!(
-            "the server process needs about {server_need} and may hold {server_limit}"
+            "each of {g} load generator process(es) needs about {own_need} open files and may \
+             hold {} (use more: --generators)",
+            fit.own_limit
+        ));
+    }
+    let nodes = target.nodes().len();
+    let server_need = fullest_part(w, nodes) + FD_HEADROOM;
+    if let Some(limit) = fit.server_limit.filter(|l| *l > 0 && server_need > *l) {
+        reasons.push(format!(
+            "a server node's process needs about {server_need} ({streams} streams over {nodes} \
+             node(s)) and may hold {limit}"
         ));
     }
     if reasons.is_empty() {
         return None;
     }
     Some(format!(
-        "{streams} event streams do not fit: {}. Raise the open-file limit of both \
-         processes (ulimit -Hn, LimitNOFILE), or run the server as several processes \
-         (the pool, issue #4) and the generator on more than one process or host.",
+        "{streams} event streams do not fit: {}. Raise the open-file limit (ulimit -Hn, \
+         LimitNOFILE), or spread the streams over more processes: more server nodes (the pool, \
+         issue #4) and more load generator processes.",
         reasons.join("; ")
     ))
 }
@@ -257,7 +364,7 @@ struct StepCtx<'a> {
     step_spec: &'a StepSpec,
     target: &'a Target,
     workload: Arc<Workload>,
-    recorder: Arc<Recorder>,
+    generators: usize,
     live: Arc<Live>,
     epoch: Instant,
     interrupt: CancellationToken,
@@ -270,15 +377,14 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         step_spec,
         target,
         workload,
-        recorder,
+        generators: n,
         live,
         epoch,
         interrupt,
         tick,
     } = cx;
-    let set_phase = |p: &str| *live.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.into();
-    set_phase("provision");
-    live.users.store(0, Ordering::Relaxed);
+    live.set_phase("provision");
+    lock(&live.shards).clear();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(120))
@@ -309,182 +415,181 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
     let tokens = Arc::new(crate::tokens(&admin, &names).await?);
     tick();
 
-    // The schedule, drawn before anything runs.
-    let mut rng = schedule::rng(spec.seed ^ step_spec.users);
-    let ramp_ms = (step_spec.ramp_s * 1000.0) as u64;
-    let arrivals = schedule::arrivals(workload.users.len(), ramp_ms, &mut rng);
-    let steady_ms = (step_spec.steady_s * 1000.0) as u64;
-    let ops = schedule::steady_ops(&workload, steady_ms, &mut rng);
-    let post_count = ops
-        .iter()
-        .filter(|o| matches!(o.kind, OpKind::Post { .. }))
-        .count();
-    let posts = Arc::new(PostTimes::new(epoch, post_count));
-    let dest = crate::net::resolve(&target.base).await?;
-    let pool = Arc::new(Pool {
-        base: target.base.clone(),
-        dest,
-        recorder: recorder.clone(),
-        posts: posts.clone(),
-        room_index: room_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i as u32))
-            .collect::<HashMap<_, _>>(),
-        room_ids: room_ids.clone(),
-        stop: CancellationToken::new(),
-        open: AtomicU64::new(0),
-    });
-    *live.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool.clone());
-    let endpoints: Arc<Vec<Vec<Arc<Endpoint>>>> = Arc::new(
-        workload
-            .users
-            .iter()
-            .map(|su| {
-                (0..su.endpoints)
-                    .map(|e| Arc::new(Endpoint::new(e)))
-                    .collect()
-            })
-            .collect(),
-    );
-
-    // Ramp: users arrive at their drawn times; each opens its streams and
-    // joins its rooms on every endpoint.
-    set_phase("ramp");
-    let ramp_start = Instant::now();
-    let slots = AtomicUsize::new(0);
-    let mut streams = Vec::new();
-    let mut arrivals_done = Vec::new();
-    let join_limit = Arc::new(tokio::sync::Semaphore::new(256));
-    for (u, at) in arrivals.iter().enumerate() {
-        let user_endpoints = endpoints[u].clone();
-        for ep in &user_endpoints {
-            let slot = slots.fetch_add(1, Ordering::Relaxed);
-            let (pool, ep, token) = (pool.clone(), ep.clone(), tokens[u].clone());
-            let start = ramp_start + Duration::from_millis(*at);
-            streams.push(tokio::spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
-                run_stream(pool, ep, token, slot).await;
-            }));
+    // The shards: one in this process, or n processes.
+    let cores = crate::procfs::machine().cores as usize;
+    let threads = (cores / n).max(1);
+    let shard_spec = ShardSpec {
+        params: ShardParams {
+            shard: 0,
+            shards: n as u32,
+            epoch_unix_ns: shard::unix_ns(epoch),
+            schedule_seed: spec.seed ^ step_spec.users,
+            ramp_ms: (step_spec.ramp_s * 1000.0) as u64,
+            steady_ms: (step_spec.steady_s * 1000.0) as u64,
+            grace_ms: (step_spec.grace_s * 1000.0) as u64,
+            workers: spec.workers.div_ceil(n).max(1),
+            threads,
+            nodes: target.nodes(),
+            // A shard process adds its index to the name (`-<k>.html`).
+            goose_report: spec
+                .goose_report
+                .as_ref()
+                .map(|dir| dir.join(format!("goose-{}-users.html", step_spec.users))),
+        },
+        workload: workload.clone(),
+        tokens: tokens.clone(),
+        room_ids: Arc::new(room_ids),
+    };
+    let (out, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut shards = Vec::with_capacity(n);
+    let mut spec_file = None;
+    if n == 1 {
+        shards.push(shard::start_in_process(shard_spec, epoch, 0, out));
+    } else {
+        let command = spec
+            .shard_command
+            .as_ref()
+            .context("this step needs several generator processes and no way to start them")?;
+        // One file for all: each process learns its index on its command line.
+        let file = shard::SpecFile::write(&shard_spec)?;
+        for k in 0..n {
+            shards.push(shard::start_process(command, &file, k, out.clone())?);
         }
-        let start = ramp_start + Duration::from_millis(*at);
-        let client = Client::with_http(http.clone(), target.base.clone()).as_token(&tokens[u]);
-        let rooms = workload.users[u].rooms.clone();
-        let (recorder, live, room_ids, limit, stop) = (
-            recorder.clone(),
-            live.clone(),
-            room_ids.clone(),
-            join_limit.clone(),
-            pool.stop.clone(),
-        );
-        arrivals_done.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            // Joins follow the stream's ready frame, so the stream carries
-            // everything after each join's last_seq (PC-9.3b).
-            for ep in &user_endpoints {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !ep.connected.load(Ordering::Acquire)
-                    && Instant::now() < deadline
-                    && !stop.is_cancelled()
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                for &room in &rooms {
-                    let Ok(_permit) = limit.acquire().await else {
-                        return;
-                    };
-                    let t = Instant::now();
-                    match client.join(room_ids[room as usize], &ep.name, None).await {
-                        Ok(j) => {
-                            recorder.ok("join", t.elapsed().as_micros() as u64);
-                            let seqs: Vec<u64> = j.messages.iter().map(|m| m.seq).collect();
-                            record_join(ep, room, j.last_seq, &seqs);
-                        }
-                        Err(e) => {
-                            let code = e
-                                .code()
-                                .map(|c| c.as_str().to_owned())
-                                .unwrap_or_else(|| "io".into());
-                            recorder.failed("join", &code);
-                        }
-                    }
+        spec_file = Some(file);
+        drop(out);
+        *lock(&live.processes) = shards
+            .iter()
+            .filter_map(|s| s.pid)
+            .map(|pid| (pid, 100.0 * threads as f64))
+            .collect();
+    }
+    let send_all = |c: Command| shards.iter().for_each(|s| s.send(c.clone()));
+
+    // Drive the shards through ramp and steady state together, merging
+    // their seconds as they come.
+    let mut outcomes: Vec<Option<ShardOutcome>> = (0..n).map(|_| None).collect();
+    let (mut ready, mut ramped, mut done, mut connected) = (0, 0, 0, 0u64);
+    let mut window_start = 0.0;
+    let mut stopped = false;
+    let mut failed = None;
+    let at_us = |after: Duration| (epoch.elapsed() + after).as_micros() as u64;
+    while done < n {
+        let next = tokio::select! {
+            e = events.recv() => e,
+            _ = interrupt.cancelled(), if !stopped => {
+                stopped = true;
+                send_all(Command::Stop);
+                continue;
+            }
+        };
+        let Some((k, ev)) = next else { break };
+        match ev {
+            Event::Ready => {
+                ready += 1;
+                if ready == n {
+                    live.set_phase("ramp");
+                    send_all(Command::Ramp {
+                        at_us: at_us(Duration::from_millis(200)),
+                    });
                 }
             }
-            live.users.fetch_add(1, Ordering::Relaxed);
-        }));
-    }
-    let ramp_deadline = ramp_start + Duration::from_millis(ramp_ms) + Duration::from_secs(120);
-    for a in arrivals_done {
-        tokio::select! {
-            _ = a => {}
-            _ = interrupt.cancelled() => break,
-            _ = tokio::time::sleep_until(ramp_deadline.into()) => break,
+            Event::Second {
+                index,
+                users,
+                endpoints,
+                figures,
+            } => {
+                lock(&live.shards).insert(k, (users, endpoints));
+                lock(&live.seconds)
+                    .entry(index)
+                    .or_default()
+                    .merge(&figures);
+                if k == 0 {
+                    tick();
+                }
+            }
+            Event::Ramped { connected: c } => {
+                ramped += 1;
+                connected += c;
+                if ramped == n {
+                    // goose needs a moment to start its users; operations
+                    // scheduled before they run would start late and count
+                    // the generator's start-up as server latency.
+                    window_start = epoch.elapsed().as_secs_f64();
+                    live.set_phase("steady");
+                    send_all(Command::Steady {
+                        at_us: at_us(Duration::from_millis(1500)),
+                    });
+                }
+            }
+            Event::Draining => live.set_phase("drain"),
+            Event::Done(o) => {
+                done += 1;
+                outcomes[k] = Some(*o);
+            }
+            Event::Failed(why) => {
+                done += 1;
+                failed.get_or_insert(format!("generator {k}: {why}"));
+                if !stopped {
+                    stopped = true;
+                    send_all(Command::Stop);
+                }
+            }
         }
     }
-    let mut limits = Vec::new();
-    let connected = endpoints
+    for s in shards {
+        s.finish().await;
+    }
+    drop(spec_file);
+    lock(&live.processes).clear();
+    lock(&live.shards).clear();
+    if let Some(why) = failed {
+        anyhow::bail!(why);
+    }
+    let outcomes: Vec<ShardOutcome> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(k, o)| o.with_context(|| format!("generator {k} sent no results")))
+        .collect::<anyhow::Result<_>>()?;
+
+    // Merge the shards and check what every endpoint received.
+    let mut window = RawWindow::default();
+    let mut acks = Vec::new();
+    let mut window_end = window_start;
+    let mut lag = 0;
+    let endpoints: Vec<Vec<Arc<Endpoint>>> = workload
+        .users
         .iter()
-        .flatten()
-        .filter(|e| e.connected.load(Ordering::Acquire))
-        .count() as u64;
+        .map(|u| {
+            (0..u.endpoints)
+                .map(|e| Arc::new(Endpoint::new(e)))
+                .collect()
+        })
+        .collect();
+    for o in outcomes {
+        window.merge(&o.window);
+        acks.extend(o.acks);
+        window_end = f64::max(window_end, o.window_end_s);
+        lag = lag.max(o.lag_max_us);
+        for v in o.views {
+            if let Some(ep) = endpoints
+                .get(v.user as usize)
+                .and_then(|e| e.get(v.endpoint as usize))
+            {
+                ep.log().rooms.extend(v.rooms);
+            }
+        }
+    }
+    let figures = window.figures();
+    let correctness = crate::check::check(&acks, &endpoints, &workload);
     let wanted = workload.endpoints();
-    if connected < wanted {
+    let mut limits = Vec::new();
+    if connected < wanted && !interrupt.is_cancelled() {
         limits.push(format!(
             "only {connected} of {wanted} endpoints were connected when the steady state began \
              (see the connect errors: fd_limit or ports_exhausted name a host limit)"
         ));
     }
-
-    // Steady state under goose, then a grace period for deliveries.
-    let window_start = epoch.elapsed().as_secs_f64();
-    recorder.take_window();
-    recorder.set_window(true);
-    set_phase("steady");
-    // goose needs a moment to start its users; operations scheduled before
-    // they run would start late and count the generator's start-up as
-    // server latency.
-    let start = Instant::now() + Duration::from_millis(1500);
-    let shared = Arc::new(crate::ops::Shared {
-        ops,
-        next: AtomicUsize::new(0),
-        start,
-        end: start + Duration::from_millis(steady_ms),
-        workload: workload.clone(),
-        tokens: tokens.clone(),
-        room_ids: Arc::new(room_ids.clone()),
-        endpoints: endpoints.clone(),
-        recorder: recorder.clone(),
-        posts,
-        acks: Arc::default(),
-        lag_max_us: AtomicU64::new(0),
-    });
-    let goose_report = spec
-        .goose_report
-        .as_ref()
-        .map(|dir| dir.join(format!("goose-{}-users.html", step_spec.users)));
-    if !interrupt.is_cancelled() {
-        tokio::select! {
-            r = crate::ops::run(shared.clone(), &target.base, spec.workers, goose_report.as_deref()) => { r?; }
-            _ = interrupt.cancelled() => {}
-        }
-    }
-    set_phase("drain");
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs_f64(step_spec.grace_s)) => {}
-        _ = interrupt.cancelled() => {}
-    }
-    recorder.set_window(false);
-    let window_end = epoch.elapsed().as_secs_f64();
-    let figures = recorder.take_window();
-    pool.stop.cancel();
-    for s in streams {
-        let _ = s.await;
-    }
-    *live.pool.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    live.users.store(0, Ordering::Relaxed);
-
-    let acks = std::mem::take(&mut *shared.acks.lock().unwrap_or_else(|p| p.into_inner()));
-    let correctness = crate::check::check(&acks, &endpoints, &workload);
     if figures
         .errors
         .keys()
@@ -506,71 +611,115 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         server_cpu_peak_pct: 0.0,
         server_rss_peak_mib: 0.0,
     };
-    Ok((step, shared.lag_max_us.load(Ordering::Relaxed), limits))
+    Ok((step, lag, limits))
 }
 
+/// Samples CPU and RSS every second, on the seconds of the epoch (as the
+/// shards report theirs). Returns the CPU of each generator process.
 async fn sample_every_second(
     epoch: Instant,
     server_pids: Vec<u32>,
-    recorder: Arc<Recorder>,
     live: Arc<Live>,
     timeline: Arc<Mutex<Vec<Sample>>>,
     progress: Arc<Mutex<Progress>>,
     stop: CancellationToken,
-) {
+) -> Vec<ProcessCpu> {
     let mut server = CpuSampler::new(server_pids);
     let mut me = CpuSampler::new(vec![std::process::id()]);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // A late tick must not be followed by catch-up ticks: CPU over a few
-    // milliseconds, in 10 ms clock ticks, would read as thousands of percent.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut others: HashMap<u32, CpuSampler> = HashMap::new();
+    let mut per_process = Vec::new();
+    let mut tick = tokio::time::interval_at(
+        (epoch + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    // A late tick must not be followed by catch-up ticks (CPU over a few
+    // milliseconds, in 10 ms clock ticks, would read as thousands of
+    // percent), and ticks stay on the epoch's seconds, as the shards' do.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return per_process,
         }
-        let f = recorder.take_second();
-        let phase = live.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let endpoints = live
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.open.load(Ordering::Relaxed))
-            .unwrap_or(0);
+        let t_s = epoch.elapsed().as_secs_f64();
+        let processes = lock(&live.processes).clone();
+        others.retain(|pid, _| processes.iter().any(|(p, _)| p == pid));
+        let mut generator_pct = me.sample();
+        for (pid, capacity_pct) in processes {
+            let sampler = others
+                .entry(pid)
+                .or_insert_with(|| CpuSampler::new(vec![pid]));
+            let pct = sampler.sample();
+            generator_pct += pct;
+            per_process.push(ProcessCpu {
+                t_s,
+                pid,
+                pct,
+                capacity_pct,
+            });
+        }
+        let phase = lock(&live.phase).clone();
+        let (users, endpoints) = live.totals();
         let s = Sample {
-            t_s: epoch.elapsed().as_secs_f64(),
+            t_s,
             phase: phase.clone(),
-            users: live.users.load(Ordering::Relaxed),
+            users,
             endpoints,
-            posts_per_s: f.posts as f64,
-            deliveries_per_s: f.deliveries as f64,
-            requests_per_s: f.requests as f64,
-            errors_per_s: f.errors as f64,
-            post_ack_p50_ms: f.post_ack.as_ref().map_or(0.0, |l| l.p50_ms),
-            post_ack_p99_ms: f.post_ack.as_ref().map_or(0.0, |l| l.p99_ms),
-            delivery_p50_ms: f.delivery.as_ref().map_or(0.0, |l| l.p50_ms),
-            delivery_p99_ms: f.delivery.as_ref().map_or(0.0, |l| l.p99_ms),
-            delivery_max_ms: f.delivery.as_ref().map_or(0.0, |l| l.max_ms),
             server_cpu_pct: server.sample(),
             server_rss_mib: server.rss() as f64 / 1048576.0,
-            loadgen_cpu_pct: me.sample(),
+            loadgen_cpu_pct: generator_pct,
+            ..Sample::default()
         };
         {
-            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+            // The shards' figures of the second before this one are in.
+            let last = lock(&live.seconds)
+                .get(&(t_s.floor() as u64).saturating_sub(1))
+                .map(RawSecond::figures);
+            let mut p = lock(&progress);
             p.phase = phase;
             p.users = s.users;
             p.endpoints = s.endpoints;
-            if s.delivery_p99_ms > 0.0 {
-                p.delivery_p99_ms = s.delivery_p99_ms;
-            }
-            if s.post_ack_p99_ms > 0.0 {
-                p.post_ack_p99_ms = s.post_ack_p99_ms;
+            if let Some(f) = last {
+                if let Some(l) = f.delivery {
+                    p.delivery_p99_ms = l.p99_ms;
+                }
+                if let Some(l) = f.post_ack {
+                    p.post_ack_p99_ms = l.p99_ms;
+                }
             }
             p.elapsed_s = s.t_s;
         }
-        timeline.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        lock(&timeline).push(s);
+    }
+}
+
+/// Puts the merged recorder figures into the timeline: each sample gets the
+/// seconds since the sample before it (one, unless a tick came late).
+fn fill_seconds(timeline: &mut [Sample], seconds: &BTreeMap<u64, RawSecond>) {
+    let mut prev: Option<u64> = None;
+    for s in timeline {
+        // A tick fires at or after its second (never before), so the floor
+        // is the second it samples.
+        let k = s.t_s.floor() as u64;
+        let from = prev.map_or(k, |p| p + 1);
+        prev = Some(k.max(prev.unwrap_or(0)));
+        let mut raw = RawSecond::default();
+        if from <= k {
+            for (_, r) in seconds.range(from..=k) {
+                raw.merge(r);
+            }
+        }
+        let span = (k + 1).saturating_sub(from).max(1) as f64;
+        let f = raw.figures();
+        s.posts_per_s = f.posts as f64 / span;
+        s.deliveries_per_s = f.deliveries as f64 / span;
+        s.requests_per_s = f.requests as f64 / span;
+        s.errors_per_s = f.errors as f64 / span;
+        s.post_ack_p50_ms = f.post_ack.as_ref().map_or(0.0, |l| l.p50_ms);
+        s.post_ack_p99_ms = f.post_ack.as_ref().map_or(0.0, |l| l.p99_ms);
+        s.delivery_p50_ms = f.delivery.as_ref().map_or(0.0, |l| l.p50_ms);
+        s.delivery_p99_ms = f.delivery.as_ref().map_or(0.0, |l| l.p99_ms);
+        s.delivery_max_ms = f.delivery.as_ref().map_or(0.0, |l| l.max_ms);
     }
 }
 
@@ -594,12 +743,14 @@ fn fill_server_figures(step: &mut Step, timeline: &[Sample]) {
 
 /// Judges whether the generator could do what it was asked. It is
 /// saturated when, in a steady window, it alone used at least 90 % of the
-/// machine's cores, or when the machine as a whole was saturated (generator
+/// machine's cores, or one of its processes used 90 % of what its worker
+/// threads can, or when the machine as a whole was saturated (generator
 /// plus server at 95 % or more) while its schedule fell more than 500 ms
 /// behind: then nobody can say whether the server or the generator was slow.
 fn generator_health(
     steps: &[Step],
     timeline: &[Sample],
+    processes: &[ProcessCpu],
     cores: u32,
     lag_max_us: u64,
 ) -> GeneratorHealth {
@@ -622,10 +773,31 @@ fn generator_health(
             .sum::<f64>()
             / w.len() as f64;
         mean_all.push(gen);
+        // Each generator process over the window: (sum, samples, capacity).
+        let mut per: BTreeMap<u32, (f64, f64, f64)> = BTreeMap::new();
+        for p in processes
+            .iter()
+            .filter(|p| p.t_s > step.window_start_s && p.t_s <= step.window_end_s + 0.5)
+        {
+            let e = per.entry(p.pid).or_insert((0.0, 0.0, p.capacity_pct));
+            e.0 += p.pct;
+            e.1 += 1.0;
+        }
+        let busiest = per
+            .iter()
+            .map(|(pid, (sum, n, cap))| (*pid, sum / n, *cap))
+            .max_by(|a, b| (a.1 / a.2).total_cmp(&(b.1 / b.2)));
         if gen >= 0.9 * capacity {
             reason.get_or_insert(format!(
                 "at {} users the load generator used {gen:.0} % CPU of {capacity:.0} %",
                 step.users
+            ));
+        } else if let Some((pid, pct, cap)) = busiest.filter(|(_, pct, cap)| *pct >= 0.9 * cap) {
+            reason.get_or_insert(format!(
+                "at {} users load generator process {pid} (one of {}) used {pct:.0} % CPU of the \
+                 {cap:.0} % its worker threads can use",
+                step.users,
+                per.len()
             ));
         } else if total >= 0.95 * capacity && lag_max_us > 500_000 {
             reason.get_or_insert(format!(
@@ -648,5 +820,126 @@ fn generator_health(
         saturated: reason.is_some(),
         reason,
         schedule_lag_max_ms: lag_max_us as f64 / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Rates, SimUser};
+
+    /// `users` users with the model's 1.5 endpoints each on average, one
+    /// or two scattered over user numbers as the plan scatters them.
+    fn workload(users: usize) -> Workload {
+        Workload {
+            users: (0..users)
+                .map(|u| SimUser {
+                    name: format!("u{u}"),
+                    endpoints: 1 + ((u as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 63) as u8,
+                    rooms: vec![],
+                })
+                .collect(),
+            rooms: vec![],
+            rates: Rates::default(),
+            messages_on_join: 30,
+            namespace: "t".into(),
+        }
+    }
+
+    fn target(nodes: usize) -> Target {
+        Target {
+            base: "http://127.0.0.1:1".into(),
+            nodes: (0..nodes)
+                .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+                .collect(),
+            admin_token: String::new(),
+            server_pids: vec![],
+            label: "test".into(),
+        }
+    }
+
+    fn fit(generators: usize) -> Fit {
+        Fit {
+            own_limit: 20_000,
+            workers: 64,
+            generators,
+            can_spawn: true,
+            server_limit: Some(20_000),
+        }
+    }
+
+    fn sample(t_s: f64) -> Sample {
+        Sample {
+            t_s,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn every_second_lands_in_one_sample_even_when_ticks_come_late() {
+        let seconds: BTreeMap<u64, RawSecond> = (1..=6)
+            .map(|k| {
+                let raw = RawSecond {
+                    posts: 10 * k,
+                    ..RawSecond::default()
+                };
+                (k, raw)
+            })
+            .collect();
+        // The tick of second 3 came 0.9 s late and that of 4 was skipped;
+        // then one came at 5.0 and two at 5.x (a repeat).
+        let mut timeline: Vec<Sample> = [1.0, 2.0, 3.9, 5.0, 5.2, 6.0]
+            .into_iter()
+            .map(sample)
+            .collect();
+        fill_seconds(&mut timeline, &seconds);
+        let per_s: Vec<f64> = timeline.iter().map(|s| s.posts_per_s).collect();
+        assert_eq!(per_s, [10.0, 20.0, 30.0, 45.0, 0.0, 60.0]);
+    }
+
+    #[test]
+    fn generators_default_to_at_most_15000_streams_each() {
+        assert_eq!(generators_for(450, None), 1);
+        assert_eq!(generators_for(15_000, None), 1);
+        assert_eq!(generators_for(30_000, None), 2);
+        assert_eq!(generators_for(120_000, None), 8);
+        assert_eq!(generators_for(120_000, Some(3)), 3);
+        assert_eq!(generators_for(0, None), 1);
+    }
+
+    #[test]
+    fn one_generator_cannot_hold_node_20k_but_two_can() {
+        // node-20k: 20,000 users, 30,000 streams, one node.
+        let w = workload(20_000);
+        assert!(w.endpoints().abs_diff(30_000) < 300, "{}", w.endpoints());
+        let one = preflight(&w, &target(0), &fit(1)).expect("one process cannot hold it");
+        assert!(one.contains("generator process(es) needs"), "{one}");
+        // Sharded, only the single server process is short of files.
+        let two = preflight(&w, &target(0), &fit(2)).expect("one server node cannot hold it");
+        assert!(!two.contains("generator process(es) needs"), "{two}");
+        assert!(two.contains("server node"), "{two}");
+        let no_limit = Fit {
+            server_limit: None,
+            ..fit(2)
+        };
+        assert_eq!(preflight(&w, &target(0), &no_limit), None);
+        let cannot_spawn = Fit {
+            can_spawn: false,
+            server_limit: None,
+            ..fit(2)
+        };
+        assert!(preflight(&w, &target(0), &cannot_spawn).is_some());
+    }
+
+    #[test]
+    fn pool_80k_fits_four_nodes_and_eight_generators() {
+        // 80,000 users, 120,000 streams: 30,000 a node on four nodes is too
+        // many for one process each; on eight nodes 15,000 fit.
+        let w = workload(80_000);
+        let g = generators_for(w.endpoints(), None);
+        assert_eq!(g, 8);
+        let four = preflight(&w, &target(4), &fit(g)).expect("30,000 a node does not fit");
+        assert!(four.contains("over 4 node(s)"), "{four}");
+        assert_eq!(preflight(&w, &target(8), &fit(g)), None);
     }
 }

@@ -43,6 +43,61 @@ impl OpKind {
             OpKind::Search { .. } => "search",
         }
     }
+
+    /// The simulated user who performs the operation (a post's poster).
+    pub fn user(&self) -> u32 {
+        match *self {
+            OpKind::Post { poster, .. } => poster,
+            OpKind::Rejoin { user, .. }
+            | OpKind::Participants { user, .. }
+            | OpKind::Presence { user, .. }
+            | OpKind::History { user, .. }
+            | OpKind::Search { user, .. } => user,
+        }
+    }
+}
+
+/// A step's whole schedule: arrivals, then the steady state's operations,
+/// drawn in that order from one generator seeded with `seed`. Every shard of
+/// the generator draws it whole and executes its own users' part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Arrival of each user, ms from the ramp's start (see [`arrivals`]).
+    pub arrivals: Vec<u64>,
+    /// Sorted by time (see [`steady_ops`]).
+    pub ops: Vec<Op>,
+}
+
+impl Schedule {
+    pub fn draw(w: &Workload, seed: u64, ramp_ms: u64, steady_ms: u64) -> Schedule {
+        let mut rng = rng(seed);
+        let arrivals = arrivals(w.users.len(), ramp_ms, &mut rng);
+        let ops = steady_ops(w, steady_ms, &mut rng);
+        Schedule { arrivals, ops }
+    }
+
+    /// Every post's intended time (ms from the steady start), by post number.
+    pub fn post_times(&self) -> Vec<u64> {
+        let mut at = Vec::new();
+        for o in &self.ops {
+            if let OpKind::Post { post, .. } = o.kind {
+                let i = post as usize;
+                if at.len() <= i {
+                    at.resize(i + 1, 0);
+                }
+                at[i] = o.at_ms;
+            }
+        }
+        at
+    }
+
+    /// Posts in the schedule.
+    pub fn posts(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Post { .. }))
+            .count()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

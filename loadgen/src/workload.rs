@@ -7,10 +7,11 @@
 
 pub use scenarios::plan::Class;
 use scenarios::plan::Plan;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// One simulated user.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SimUser {
     pub name: String,
     /// Connected endpoints (1 or 2 in the vendor's model).
@@ -20,9 +21,10 @@ pub struct SimUser {
 }
 
 /// One room.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SimRoom {
     pub name: String,
+    #[serde(with = "class_name")]
     pub class: Class,
     pub open: bool,
     pub auditorium: bool,
@@ -40,7 +42,7 @@ pub struct SimRoom {
 }
 
 /// Rates of the operations besides posting, for the whole deployment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Rates {
     pub joins_per_s: f64,
     pub presence_per_s: f64,
@@ -49,7 +51,9 @@ pub struct Rates {
     pub searches_per_s: f64,
 }
 
-#[derive(Clone, Debug)]
+/// A step's whole deployment. It travels to the generator's shard
+/// processes (see [`crate::shard`]), hence the serde derives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Workload {
     pub users: Vec<SimUser>,
     pub rooms: Vec<SimRoom>,
@@ -186,6 +190,23 @@ impl Workload {
             messages_on_join: plan.messages_on_join,
             namespace: namespace.to_owned(),
         }
+    }
+}
+
+/// A room class on the shard wire: its name.
+mod class_name {
+    use super::Class;
+
+    pub fn serialize<S: serde::Serializer>(c: &Class, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Class, D::Error> {
+        let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        Class::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("no room class {name:?}")))
     }
 }
 

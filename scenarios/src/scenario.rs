@@ -585,7 +585,7 @@ impl RawScenario {
                         "faults are injected into an \"enterprise\" topology only",
                     ));
                 }
-                if !(*f.at_s.get_ref() >= 0.0) {
+                if f.at_s.get_ref().is_nan() || *f.at_s.get_ref() < 0.0 {
                     return Err(c.bad("fault.at_s", &f.at_s, "must be 0 or more"));
                 }
                 let kind = match f.kind.get_ref().as_str() {
@@ -600,11 +600,7 @@ impl RawScenario {
                                 ))
                             }
                             None => {
-                                return Err(c.bad(
-                                    "fault.kind",
-                                    &f.kind,
-                                    "kill-node needs `node`",
-                                ))
+                                return Err(c.bad("fault.kind", &f.kind, "kill-node needs `node`"))
                             }
                         };
                         if nodes < 2 {
@@ -621,7 +617,9 @@ impl RawScenario {
                         return Err(c.bad(
                             "fault.kind",
                             &f.kind,
-                            format!("unknown fault {other:?}, expected \"kill-node\" or \"failover\""),
+                            format!(
+                                "unknown fault {other:?}, expected \"kill-node\" or \"failover\""
+                            ),
                         ))
                     }
                 };
@@ -990,14 +988,24 @@ max_error_pct = 0
         let e = error(&format!("{GOOD}\n[topology]\nkind = \"cloud\"\n"));
         insta::assert_snapshot!(e, @r#"mine.toml:9:1: topology.kind: unknown kind "cloud", expected "standard", "enterprise" or "external""#);
 
-        let e = error(&format!("{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 5\n"));
-        assert_eq!((e.line, e.field.as_deref()), (10, Some("topology.nodes")), "{e}");
+        let e = error(&format!(
+            "{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 5\n"
+        ));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (10, Some("topology.nodes")),
+            "{e}"
+        );
         let e = error(&format!("{GOOD}\n[topology]\nnodes = 2\n"));
         assert!(e.message.contains("only an \"enterprise\""), "{e}");
         let e = error(&format!(
             "{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 2\n[fault]\nkind = \"kill-node\"\nat_s = 5\nnode = 2\n"
         ));
-        assert_eq!((e.line, e.field.as_deref()), (14, Some("fault.node")), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (14, Some("fault.node")),
+            "{e}"
+        );
         let e = error(&format!("{GOOD}\n[fault]\nkind = \"failover\"\nat_s = 5\n"));
         assert_eq!(e.field.as_deref(), Some("fault.kind"), "{e}");
         let e = error(&format!(

@@ -32,6 +32,15 @@ enum Task {
         #[arg(long)]
         spec: std::path::PathBuf,
     },
+    /// (internal) A load generator process of sizing-report: shard K of a
+    /// step whose spec is in FILE (see loadgen::shard).
+    #[command(hide = true)]
+    LoadgenShard {
+        #[arg(long)]
+        spec: std::path::PathBuf,
+        #[arg(long)]
+        shard: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Task::SizingReport(args) => sizing::run(args),
         Task::IdleMemory(args) => idle_memory::run(args),
         Task::IdleWorker { spec } => idle_memory::worker(&spec),
+        Task::LoadgenShard { spec, shard } => loadgen::shard::process_main(&spec, shard),
     }
 }

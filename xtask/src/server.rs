@@ -31,7 +31,7 @@ fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("building the reference server failed");
+        bail!("cargo build {} failed", args.join(" "));
     }
     Ok(())
 }
@@ -72,6 +72,14 @@ impl ServerProcess {
             cargo_build(&["-p", "reference-server"])?;
         }
         ServerProcess::spawn(&bin, &[], Stdio::inherit())
+    }
+
+    /// The debug build of this task binary, built first so that it is the
+    /// same code as the test (tests start it as load generator processes).
+    #[cfg(test)]
+    pub fn xtask_debug_binary() -> anyhow::Result<PathBuf> {
+        cargo_build(&["-p", "xtask"])?;
+        Ok(target_dir().join("debug").join("xtask"))
     }
 
     fn start(env: &[(&str, &str)], stderr: Stdio) -> anyhow::Result<ServerProcess> {

@@ -32,7 +32,9 @@ pub struct Args {
     /// Where reports go: one directory per scenario.
     #[arg(long, default_value = "target/sizing-report")]
     pub out: PathBuf,
-    /// Size someone else's server: its base URL (http://host:port). Needs an
+    /// Size someone else's server: its base URL (http://host:port), or the
+    /// base URLs of a pool's nodes separated by commas (simulated users are
+    /// spread over the nodes; the first takes provisioning). Needs an
     /// administrator token in PCHAT_ADMIN_TOKEN.
     #[arg(long)]
     pub target: Option<String>,
@@ -42,11 +44,19 @@ pub struct Args {
     /// No progress bar (also off when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Load generator processes per step. Default: enough that none holds
+    /// more than 15,000 event streams (one process may hold 20,000 open
+    /// files here); with one, the step runs inside this process.
+    #[arg(long)]
+    pub generators: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.scale > 0.0 && args.scale.is_finite()) {
         bail!("--scale must be a positive number");
+    }
+    if args.generators == Some(0) {
+        bail!("--generators must be at least 1");
     }
     let mut scenarios = Vec::new();
     for name in &args.scenarios {
@@ -144,8 +154,14 @@ fn run_scenario(
         (Some(url), _) => {
             let token = std::env::var("PCHAT_ADMIN_TOKEN")
                 .context("--target needs an administrator token in PCHAT_ADMIN_TOKEN")?;
+            let nodes: Vec<String> = url
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
             let t = Target {
-                base: url.trim_end_matches('/').to_owned(),
+                base: nodes.first().context("--target names no URL")?.clone(),
+                nodes,
                 admin_token: token,
                 server_pids: Vec::new(),
                 label: format!("external server at {url}"),
@@ -155,11 +171,18 @@ fn run_scenario(
         (None, TopologyKind::External) => {
             bail!("scenario {} needs --target URL", scenario.name)
         }
+        (None, TopologyKind::Enterprise) => {
+            bail!(
+                "scenario {}: starting a pool for a run is being wired in (use `reference-server pool local` and --target meanwhile)",
+                scenario.name
+            )
+        }
         (None, TopologyKind::Standard) => {
             let log = std::fs::File::create(dir.join("server.log"))?;
             let server = ServerProcess::start_release_logged(log)?;
             let t = Target {
                 base: server.base.clone(),
+                nodes: Vec::new(),
                 admin_token: server.admin_token(),
                 server_pids: vec![server.pid()],
                 label: "reference server (one node, embedded SQLite store, release build)".into(),
@@ -190,6 +213,8 @@ fn run_scenario(
         stop_when_broken: scenario.load.steps.is_some(),
         steps,
         workers: scenario.load.workers,
+        generators: args.generators,
+        shard_command: Some(shard_command()?),
         goose_report: Some(dir.to_path_buf()),
         command,
     };
@@ -253,7 +278,10 @@ fn run_scenario(
         result.completed = false;
         result.ended_because = Some("interrupted (goose stopped the attack)".into());
     }
-    let input = report_input(result, baseline);
+    let mut input = report_input(result, baseline);
+    input
+        .notes
+        .push(generators_note(&input.result, args.generators));
     let files = reports::write_report(&input, dir)?;
     let mut lines = vec![format!(
         "scenario {}: {}",
@@ -377,6 +405,36 @@ pub fn report_input(
     }
 }
 
+/// This binary as a load generator process (`xtask loadgen-shard`).
+fn shard_command() -> anyhow::Result<loadgen::shard::ShardCommand> {
+    Ok(loadgen::shard::ShardCommand {
+        program: std::env::current_exe().context("find the xtask binary")?,
+        args: vec!["loadgen-shard".into()],
+    })
+}
+
+/// How the load generator was spread over processes, step by step.
+fn generators_note(result: &scenarios::results::RunResult, requested: Option<usize>) -> String {
+    let per_step: Vec<String> = result
+        .steps
+        .iter()
+        .map(|s| {
+            let n = loadgen::run::generators_for(s.endpoints, requested);
+            format!("{} at {} users", n, s.users)
+        })
+        .collect();
+    format!(
+        "Load generator processes: {} (one process holds at most its open-file limit of event \
+         streams; a step's simulated users are dealt to the processes by user number, and every \
+         process measures from the same clock; their histograms are merged exactly).",
+        if per_step.is_empty() {
+            "none ran".to_owned()
+        } else {
+            per_step.join(", ")
+        }
+    )
+}
+
 fn progress_bar(disabled: bool) -> Option<indicatif::ProgressBar> {
     if disabled || !std::io::stderr().is_terminal() {
         return None;
@@ -395,53 +453,68 @@ mod tests {
     use scenarios::model::UserModel;
     use scenarios::plan::{Plan, PlanOptions};
 
-    /// A short real run: a reference server process on loopback, a few
-    /// hundred simulated users, the whole pipeline through the report. The
-    /// chat rate is raised far above the model's so that a ten-second window
-    /// carries enough messages to check; this tests the machinery, it does
-    /// not size anything.
-    #[test]
-    fn a_short_real_run_produces_a_clean_checked_report() {
+    /// The tests below run real loads: one at a time, so that neither
+    /// measures the other.
+    static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    const USERS: u64 = 300;
+    const SEED: u64 = 42;
+
+    fn short_step() -> StepSpec {
+        StepSpec {
+            users: USERS,
+            ramp_s: 3.0,
+            steady_s: 8.0,
+            grace_s: 2.0,
+        }
+    }
+
+    /// The test load: the model at 300 users with the chat rate raised far
+    /// above the model's, so that a short window carries enough messages
+    /// to check; this tests the machinery, it does not size anything.
+    fn short_workload(users: u64, ns: &str) -> Workload {
+        let mut plan = Plan::for_users(&UserModel::vendor(), users, &PlanOptions::default());
+        for c in [&mut plan.small, &mut plan.medium, &mut plan.large] {
+            c.chat_rate_per_s *= 400.0;
+        }
+        plan.history_reads_per_s = 2.0;
+        plan.searches_per_s = 1.0;
+        Workload::build(&plan, ns, SEED)
+    }
+
+    /// Runs the short load against a fresh debug server.
+    fn short_run(
+        generators: Option<usize>,
+        shard_command: Option<loadgen::shard::ShardCommand>,
+    ) -> scenarios::results::RunResult {
         let server = ServerProcess::start_debug().expect("start the reference server");
         let target = Target {
             base: server.base.clone(),
+            nodes: Vec::new(),
             admin_token: server.admin_token(),
             server_pids: vec![server.pid()],
             label: "reference server (test)".into(),
         };
-        let model = UserModel::vendor();
         let spec = RunSpec {
             scenario: "ci-short".into(),
             description: "test load".into(),
             claim: None,
             slo: scenarios::Slo::default(),
-            seed: 42,
-            steps: vec![StepSpec {
-                users: 300,
-                ramp_s: 3.0,
-                steady_s: 8.0,
-                grace_s: 2.0,
-            }],
+            seed: SEED,
+            steps: vec![short_step()],
             stop_when_broken: false,
             workers: 8,
+            generators,
+            shard_command,
             goose_report: None,
             command: "cargo test -p xtask".into(),
-        };
-        let make = |users: u64, ns: &str| {
-            let mut plan = Plan::for_users(&model, users, &PlanOptions::default());
-            for c in [&mut plan.small, &mut plan.medium, &mut plan.large] {
-                c.chat_rate_per_s *= 400.0;
-            }
-            plan.history_reads_per_s = 2.0;
-            plan.searches_per_s = 1.0;
-            Workload::build(&plan, ns, 42)
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         let result = rt
             .block_on(loadgen::run::run(
                 &spec,
                 &target,
-                &make,
+                &short_workload,
                 &|_| true,
                 CancellationToken::new(),
                 &|_| {},
@@ -449,6 +522,28 @@ mod tests {
             .expect("the run");
         drop(server);
         assert!(result.completed, "{:?}", result.ended_because);
+        result
+    }
+
+    /// Posts the step's schedule holds, drawn as the generator draws it.
+    fn scheduled_posts() -> usize {
+        let s = short_step();
+        loadgen::schedule::Schedule::draw(
+            &short_workload(USERS, "any-"),
+            SEED ^ USERS,
+            (s.ramp_s * 1000.0) as u64,
+            (s.steady_s * 1000.0) as u64,
+        )
+        .posts()
+    }
+
+    /// A short real run: a reference server process on loopback, a few
+    /// hundred simulated users, the whole pipeline through the report, the
+    /// generator inside the test process.
+    #[test]
+    fn a_short_real_run_produces_a_clean_checked_report() {
+        let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let result = short_run(None, None);
         let step = result.steps[0].clone();
         assert_eq!(step.endpoints, 450);
         let c = &step.correctness;
@@ -475,5 +570,41 @@ mod tests {
         let back: scenarios::results::RunResult =
             serde_json::from_slice(&std::fs::read(&files.results_json).unwrap()).unwrap();
         assert_eq!(back.steps[0].correctness.acknowledged, c.acknowledged);
+    }
+
+    /// The same load from two load generator processes (this task binary's
+    /// `loadgen-shard`): every scheduled post is acknowledged, every
+    /// endpoint gets what it is owed, and the merged figures cover both.
+    #[test]
+    fn two_generator_processes_run_the_whole_schedule_and_check_clean() {
+        let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let command = loadgen::shard::ShardCommand {
+            program: ServerProcess::xtask_debug_binary().expect("build the xtask binary"),
+            args: vec!["loadgen-shard".into()],
+        };
+        let result = short_run(Some(2), Some(command));
+        let step = &result.steps[0];
+        let c = &step.correctness;
+        assert_eq!(c.acknowledged as usize, scheduled_posts(), "{c:?}");
+        assert!(c.expected_deliveries > 0 && c.delivered > 0, "{c:?}");
+        assert!(c.is_clean(), "{c:?}");
+        assert!(result.limits_hit.is_empty(), "{:?}", result.limits_hit);
+        // Both processes' operations and deliveries are in the merged
+        // window; posts/s of the timeline add up over the processes.
+        assert_eq!(step.latencies["post_ack"].count, c.acknowledged);
+        assert!(step.latencies["delivery"].count > 0);
+        // One sample a second: the timeline's posts are the acknowledged
+        // ones (a sample that came late spreads its seconds, hence the 5 %).
+        let timeline_posts: f64 = result.timeline.iter().map(|s| s.posts_per_s).sum();
+        let acked = c.acknowledged as f64;
+        assert!(
+            (timeline_posts - acked).abs() <= 0.05 * acked,
+            "timeline {timeline_posts} posts, acknowledged {acked}"
+        );
+        assert!(result.timeline.iter().any(|s| s.endpoints == 450));
+        assert!(result.generator.cpu_peak_pct > 0.0);
+        assert!(!result.generator.saturated, "{:?}", result.generator.reason);
+        let note = generators_note(&result, Some(2));
+        assert!(note.contains("2 at 300 users"), "{note}");
     }
 }
