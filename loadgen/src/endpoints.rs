@@ -125,6 +125,67 @@ struct Frame<'a> {
     seq: Option<u64>,
     #[serde(default, borrow)]
     text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reason: Option<&'a str>,
+}
+
+/// Which nodes a simulated client may use, and which it found down. A
+/// client knows every node of the deployment (as it would through the
+/// pool's DNS name): it talks to its home node, `u % home`, and when that
+/// refuses it moves to the next one that is not known to be down, the
+/// other home nodes first, then the backup pool's.
+pub struct NodeHealth {
+    home: usize,
+    down_until_ms: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+/// How long a node that refused a connection is avoided.
+const DOWN_FOR_MS: u64 = 2_000;
+
+impl NodeHealth {
+    /// `nodes` in all, the first `home` of them the ones users live on.
+    pub fn new(nodes: usize, home: usize) -> NodeHealth {
+        let nodes = nodes.max(1);
+        NodeHealth {
+            home: home.clamp(1, nodes),
+            down_until_ms: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The home node of user `u`.
+    pub fn home_of(&self, u: usize) -> usize {
+        u % self.home
+    }
+
+    /// The node `u` should use now: its home node, or the next one not
+    /// known to be down.
+    pub fn pick(&self, u: usize) -> usize {
+        let now = self.now_ms();
+        let n = self.down_until_ms.len();
+        let h = self.home_of(u);
+        let order = (0..self.home)
+            .map(|k| (h + k) % self.home)
+            .chain(self.home..n);
+        for i in order {
+            if self.down_until_ms[i].load(Ordering::Relaxed) <= now {
+                return i;
+            }
+        }
+        h
+    }
+
+    /// Marks a node down for a while after it refused a connection.
+    pub fn mark_down(&self, node: usize) {
+        if let Some(d) = self.down_until_ms.get(node) {
+            d.store(self.now_ms() + DOWN_FOR_MS, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One server node: its base URL and address.
@@ -148,30 +209,44 @@ pub struct Pool {
     pub stop: CancellationToken,
     /// Streams currently open.
     pub open: AtomicU64,
+    /// Which nodes answer (shared with the request workers).
+    pub health: Arc<NodeHealth>,
+    /// For rejoining rooms on another node after a move.
+    pub http: reqwest::Client,
 }
 
-/// Runs one endpoint's stream to `pool.nodes[node]` until `pool.stop`
-/// fires. `slot` (the endpoint's index in the whole run, over every shard)
-/// picks the source address. Returns when stopped.
+/// Runs one endpoint's stream until `pool.stop` fires, on the node
+/// `pool.health` picks for `user` (its home node while that answers).
+/// `slot` (the endpoint's index in the whole run, over every shard) picks the
+/// source address. When the stream has to move to another node, the session
+/// does not exist there: the endpoint rejoins each room it was in with
+/// `since` = the last sequence number it saw (PC-9.3a), so it misses
+/// nothing. Returns when stopped.
 pub async fn run_stream(
     pool: Arc<Pool>,
     ep: Arc<Endpoint>,
     token: String,
     slot: usize,
-    node: usize,
+    user: usize,
 ) {
-    let Node { base, dest } = &pool.nodes[node];
-    let source = crate::net::source_for(dest.ip(), slot);
     let mut backoff = Duration::from_millis(100);
+    let mut last_node: Option<usize> = None;
     while !pool.stop.is_cancelled() {
-        let resume: Vec<(u64, u64)> = {
+        let node = pool.health.pick(user);
+        let Node { base, dest } = &pool.nodes[node];
+        let source = crate::net::source_for(dest.ip(), slot);
+        let joined: Vec<(u32, u64)> = {
             let log = ep.log();
             log.rooms
                 .iter()
                 .filter(|(_, v)| v.joined)
-                .map(|(r, v)| (pool.room_ids[*r as usize], v.max_seen))
+                .map(|(r, v)| (*r, v.max_seen))
                 .collect()
         };
+        let resume: Vec<(u64, u64)> = joined
+            .iter()
+            .map(|(r, s)| (pool.room_ids[*r as usize], *s))
+            .collect();
         let started = Instant::now();
         let connect = crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, source);
         let ws = tokio::select! {
@@ -181,7 +256,12 @@ pub async fn run_stream(
         let mut ws = match ws {
             Ok(ws) => ws,
             Err(e) => {
-                pool.recorder.failed("connect", &connect_error(&e));
+                let why = connect_error(&e);
+                if why == "connect" {
+                    // Refused or unreachable: try another node next.
+                    pool.health.mark_down(node);
+                }
+                pool.recorder.failed("connect", &why);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = pool.stop.cancelled() => return,
@@ -194,7 +274,21 @@ pub async fn run_stream(
             .ok("connect", started.elapsed().as_micros() as u64);
         backoff = Duration::from_millis(100);
         pool.open.fetch_add(1, Ordering::Relaxed);
+        let moved = last_node.is_some_and(|n| n != node) && !joined.is_empty();
+        last_node = Some(node);
+        let rejoin = moved.then(|| {
+            tokio::spawn(rejoin_rooms(
+                pool.clone(),
+                ep.clone(),
+                token.clone(),
+                base.clone(),
+                joined.clone(),
+            ))
+        });
         let why = read_stream(&pool, &ep, &mut ws).await;
+        if let Some(r) = rejoin {
+            r.abort();
+        }
         pool.open.fetch_sub(1, Ordering::Relaxed);
         ep.connected.store(false, Ordering::Release);
         match why {
@@ -205,6 +299,60 @@ pub async fn run_stream(
             }
             Some(reason) => pool.recorder.failed("stream", &reason),
         }
+    }
+}
+
+/// Joins `rooms` again on the node at `base` after the endpoint moved there,
+/// each from the last sequence number seen.
+async fn rejoin_rooms(
+    pool: Arc<Pool>,
+    ep: Arc<Endpoint>,
+    token: String,
+    base: String,
+    rooms: Vec<(u32, u64)>,
+) {
+    // The stream's ready frame first, so it carries what follows each join.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ep.connected.load(Ordering::Acquire) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (room, since) in rooms {
+        let room_id = pool.room_ids[room as usize];
+        let started = Instant::now();
+        let resp = pool
+            .http
+            .post(format!("{base}/v1/rooms/{room_id}/join"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "endpoint": ep.name, "since": since }))
+            .send()
+            .await;
+        let body: Option<serde_json::Value> = match resp {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            Ok(r) => {
+                pool.recorder
+                    .failed("rejoin", &format!("http:{}", r.status().as_u16()));
+                continue;
+            }
+            Err(_) => {
+                pool.recorder.failed("rejoin", "io");
+                continue;
+            }
+        };
+        let Some(v) = body else {
+            pool.recorder.failed("rejoin", "bad_json");
+            continue;
+        };
+        let Some(last) = v["last_seq"].as_u64() else {
+            pool.recorder.failed("rejoin", "bad_json");
+            continue;
+        };
+        let history: Vec<u64> = v["messages"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
+            .unwrap_or_default();
+        record_join(&ep, room, last, &history);
+        pool.recorder
+            .ok("rejoin", started.elapsed().as_micros() as u64);
     }
 }
 
@@ -284,7 +432,9 @@ fn on_frame(pool: &Pool, ep: &Endpoint, text: &str) {
                 pool.recorder.ok("delivery", us);
             }
         }
-        "removed" => {
+        // `not_joined` answers a resume entry on a node that has no session
+        // for the endpoint (it moved); the endpoint rejoins there itself.
+        "removed" if f.reason != Some("not_joined") => {
             if let Some(room) = f.room.and_then(|r| pool.room_index.get(&r)) {
                 ep.log().rooms.entry(*room).or_default().joined = false;
             }

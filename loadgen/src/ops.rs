@@ -32,6 +32,8 @@ pub struct Shared {
     /// Base URLs of the target's nodes: user u's requests go to
     /// `nodes[u % nodes.len()]`.
     pub nodes: Arc<Vec<String>>,
+    /// Which nodes answer; picks each user's node (see `NodeHealth`).
+    pub health: Arc<crate::endpoints::NodeHealth>,
     /// Endpoints by user: `endpoints[user][index]`.
     pub endpoints: Arc<Vec<Vec<Arc<Endpoint>>>>,
     pub recorder: Arc<Recorder>,
@@ -141,10 +143,15 @@ async fn next_operation(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-/// Sends one request through goose; answers the body on the expected status,
-/// else the protocol error code (or `http:<status>` / `timeout` / `io`).
+/// Sends one request through goose to user `u`'s node; answers the body on
+/// the expected status, else the protocol error code (or `http:<status>` /
+/// `timeout` / `io`). A node that cannot be reached is marked down and the
+/// request goes once more to the next node, as a client of a pool would.
+#[allow(clippy::too_many_arguments)]
 async fn call(
     user: &mut GooseUser,
+    s: &Shared,
+    u: u32,
     method: GooseMethod,
     path: &str,
     name: &'static str,
@@ -152,8 +159,47 @@ async fn call(
     body: Option<Value>,
     expect: u16,
 ) -> Result<Option<Value>, String> {
+    let node = s.health.pick(u as usize);
+    match call_node(
+        user,
+        s,
+        node,
+        method,
+        path,
+        name,
+        token,
+        body.clone(),
+        expect,
+    )
+    .await
+    {
+        Err(e) if e == "io" && s.nodes.len() > 1 => {
+            s.health.mark_down(node);
+            let next = s.health.pick(u as usize);
+            if next == node {
+                return Err(e);
+            }
+            call_node(user, s, next, method, path, name, token, body, expect).await
+        }
+        other => other,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_node(
+    user: &mut GooseUser,
+    s: &Shared,
+    node: usize,
+    method: GooseMethod,
+    path: &str,
+    name: &'static str,
+    token: &str,
+    body: Option<Value>,
+    expect: u16,
+) -> Result<Option<Value>, String> {
+    let url = format!("{}{path}", s.nodes[node]);
     let mut rb = user
-        .get_request_builder(&method, path)
+        .get_request_builder(&method, &url)
         .map_err(|_| "request".to_owned())?
         .bearer_auth(token)
         .timeout(Duration::from_secs(30));
@@ -162,7 +208,7 @@ async fn call(
     }
     let req = GooseRequest::builder()
         .method(method)
-        .path(path)
+        .path(url.as_str())
         .name(name)
         .expect_status_code(expect)
         .set_request_builder(rb)
@@ -190,11 +236,6 @@ async fn call(
         .map_err(|_| "bad_json".to_owned())
 }
 
-/// The absolute URL of `path` on simulated user `u`'s node.
-fn url(s: &Shared, u: u32, path: &str) -> String {
-    format!("{}{path}", s.nodes[u as usize % s.nodes.len()])
-}
-
 async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String> {
     let w = &s.workload;
     match op.kind {
@@ -206,8 +247,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             });
             let v = call(
                 user,
+                s,
+                poster,
                 GooseMethod::Post,
-                &url(s, poster, &format!("/v1/rooms/{room_id}/messages")),
+                &format!("/v1/rooms/{room_id}/messages"),
                 "post message",
                 &s.tokens[poster as usize],
                 Some(body),
@@ -232,8 +275,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             let token = &s.tokens[u as usize];
             call(
                 user,
+                s,
+                u,
                 GooseMethod::Post,
-                &url(s, u, &format!("/v1/rooms/{room_id}/leave")),
+                &format!("/v1/rooms/{room_id}/leave"),
                 "leave room",
                 token,
                 Some(json!({ "endpoint": ep.name })),
@@ -244,8 +289,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             let since = ep.log().rooms.get(&room).map(|v| v.max_seen).unwrap_or(0);
             let v = call(
                 user,
+                s,
+                u,
                 GooseMethod::Post,
-                &url(s, u, &format!("/v1/rooms/{room_id}/join")),
+                &format!("/v1/rooms/{room_id}/join"),
                 "join room",
                 token,
                 Some(json!({ "endpoint": ep.name, "since": since })),
@@ -265,8 +312,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             let room_id = s.room_ids[room as usize];
             call(
                 user,
+                s,
+                u,
                 GooseMethod::Get,
-                &url(s, u, &format!("/v1/rooms/{room_id}/participants?limit=25")),
+                &format!("/v1/rooms/{room_id}/participants?limit=25"),
                 "participants",
                 &s.tokens[u as usize],
                 None,
@@ -277,8 +326,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
         }
         OpKind::Presence { user: u, state } => call(
             user,
+            s,
+            u,
             GooseMethod::Put,
-            &url(s, u, "/v1/me/presence"),
+            "/v1/me/presence",
             "presence",
             &s.tokens[u as usize],
             Some(json!({ "state": state })),
@@ -290,8 +341,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             let room_id = s.room_ids[room as usize];
             call(
                 user,
+                s,
+                u,
                 GooseMethod::Get,
-                &url(s, u, &format!("/v1/rooms/{room_id}/messages?limit=50")),
+                &format!("/v1/rooms/{room_id}/messages?limit=50"),
                 "history",
                 &s.tokens[u as usize],
                 None,
@@ -302,8 +355,10 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
         }
         OpKind::Search { user: u, term } => call(
             user,
+            s,
+            u,
             GooseMethod::Get,
-            &url(s, u, &format!("/v1/search/messages?q=w{term}&limit=20")),
+            &format!("/v1/search/messages?q=w{term}&limit=20"),
             "search",
             &s.tokens[u as usize],
             None,

@@ -28,6 +28,9 @@ pub struct Target {
     /// streams and requests go to `nodes[u % nodes.len()]`; empty means
     /// `[base]`, one node.
     pub nodes: Vec<String>,
+    /// A backup pool's nodes: clients move there only when every node of
+    /// `nodes` refuses them (a failover).
+    pub backup_nodes: Vec<String>,
     /// A token of a Persistent Chat administrator (provisioning, tokens).
     pub admin_token: String,
     /// Server processes on this machine whose CPU and RSS are sampled, one
@@ -429,7 +432,12 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
             grace_ms: (step_spec.grace_s * 1000.0) as u64,
             workers: spec.workers.div_ceil(n).max(1),
             threads,
-            nodes: target.nodes(),
+            nodes: target
+                .nodes()
+                .into_iter()
+                .chain(target.backup_nodes.iter().cloned())
+                .collect(),
+            home_nodes: target.nodes().len(),
             // A shard process adds its index to the name (`-<k>.html`).
             goose_report: spec
                 .goose_report
@@ -852,6 +860,7 @@ mod tests {
             nodes: (0..nodes)
                 .map(|i| format!("http://127.0.0.1:{}", 1 + i))
                 .collect(),
+            backup_nodes: Vec::new(),
             admin_token: String::new(),
             server_pids: vec![],
             label: "test".into(),

@@ -62,6 +62,10 @@ pub struct ShardParams {
     pub threads: usize,
     /// Base URLs of the target's nodes; user u talks to `nodes[u % len]`.
     pub nodes: Vec<String>,
+    /// How many of `nodes` users live on (the rest are a backup pool's,
+    /// used when the home nodes refuse); 0 means all.
+    #[serde(default)]
+    pub home_nodes: usize,
     /// Where goose writes its HTML report of this shard, if anywhere.
     pub goose_report: Option<PathBuf>,
 }
@@ -238,8 +242,18 @@ async fn run(
         });
     }
     anyhow::ensure!(!nodes.is_empty(), "the target has no nodes");
-    let node_of = |u: usize| u % nodes.len();
+    let home = if p.home_nodes == 0 {
+        nodes.len()
+    } else {
+        p.home_nodes
+    };
+    let health = Arc::new(crate::endpoints::NodeHealth::new(nodes.len(), home));
+    let node_of = |u: usize| health.home_of(u);
     let pool = Arc::new(Pool {
+        health: health.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
         nodes: nodes.clone(),
         recorder: recorder.clone(),
         posts: posts.clone(),
@@ -310,10 +324,9 @@ async fn run(
         let user_endpoints = endpoints[u].clone();
         for (e, ep) in user_endpoints.iter().enumerate() {
             let (pool, ep, token) = (pool.clone(), ep.clone(), spec.tokens[u].clone());
-            let node = node_of(u);
             streams.push(tokio::spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
-                run_stream(pool, ep, token, first_slot + e, node).await;
+                run_stream(pool, ep, token, first_slot + e, u).await;
             }));
         }
         let client = Client::with_http(http.clone(), nodes[node_of(u)].base.clone())
@@ -400,6 +413,7 @@ async fn run(
         tokens: spec.tokens.clone(),
         room_ids: spec.room_ids.clone(),
         nodes: Arc::new(p.nodes.clone()),
+        health: health.clone(),
         endpoints: endpoints.clone(),
         recorder: recorder.clone(),
         posts,

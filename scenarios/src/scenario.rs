@@ -167,7 +167,7 @@ pub enum TopologyKind {
 }
 
 /// A fault injected once the steady state has run `at_s` seconds.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fault {
     pub kind: FaultKind,
     pub at_s: f64,

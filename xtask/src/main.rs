@@ -5,6 +5,7 @@
 //! - `server` / `util`: shared helpers (a release server process, tokens).
 
 mod idle_memory;
+mod pool;
 mod server;
 mod sizing;
 mod util;

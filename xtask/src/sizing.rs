@@ -4,12 +4,13 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use loadgen::run::{Progress, RunSpec, StepSpec, Target};
 use loadgen::workload::Workload;
-use scenarios::scenario::TopologyKind;
+use scenarios::scenario::{FaultKind, TopologyKind};
 use scenarios::{verdict, Scenario};
 use tokio_util::sync::CancellationToken;
 
@@ -149,7 +150,9 @@ fn run_scenario(
 ) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let model = scenario.user_model(scenario_dir)?;
-    // The server: one started here, or the one named by --target.
+    // The server: one started here (one node, or a pool), or the one named
+    // by --target.
+    let mut pool_process: Option<Arc<Mutex<crate::pool::PoolProcess>>> = None;
     let (server, target) = match (&args.target, scenario.topology.kind) {
         (Some(url), _) => {
             let token = std::env::var("PCHAT_ADMIN_TOKEN")
@@ -162,6 +165,7 @@ fn run_scenario(
             let t = Target {
                 base: nodes.first().context("--target names no URL")?.clone(),
                 nodes,
+                backup_nodes: Vec::new(),
                 admin_token: token,
                 server_pids: Vec::new(),
                 label: format!("external server at {url}"),
@@ -172,10 +176,41 @@ fn run_scenario(
             bail!("scenario {} needs --target URL", scenario.name)
         }
         (None, TopologyKind::Enterprise) => {
-            bail!(
-                "scenario {}: starting a pool for a run is being wired in (use `reference-server pool local` and --target meanwhile)",
-                scenario.name
-            )
+            let binary = crate::server::build_release()?;
+            let log = std::fs::File::create(dir.join("pool.log"))?;
+            let opts = crate::pool::PoolOptions {
+                nodes: scenario.topology.nodes,
+                compliance: scenario.topology.compliance,
+                backup: matches!(scenario.fault.map(|f| f.kind), Some(FaultKind::Failover)),
+                no_restart: matches!(
+                    scenario.fault.map(|f| f.kind),
+                    Some(FaultKind::KillNode { .. })
+                ),
+            };
+            let pool = crate::pool::PoolProcess::start(&binary, &opts, log)?;
+            let t = Target {
+                base: pool.ready.nodes[0].clone(),
+                nodes: pool.ready.nodes.clone(),
+                backup_nodes: pool.ready.backup_nodes.clone(),
+                admin_token: pool.admin_token()?,
+                server_pids: pool.pids(),
+                label: format!(
+                    "reference server pool: {} node(s) on PostgreSQL{}{}, release build",
+                    scenario.topology.nodes,
+                    if opts.compliance {
+                        ", compliance on"
+                    } else {
+                        ""
+                    },
+                    if opts.backup {
+                        ", backup pool on a synchronous standby"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            pool_process = Some(Arc::new(Mutex::new(pool)));
+            (None, t)
         }
         (None, TopologyKind::Standard) => {
             let log = std::fs::File::create(dir.join("server.log"))?;
@@ -183,6 +218,7 @@ fn run_scenario(
             let t = Target {
                 base: server.base.clone(),
                 nodes: Vec::new(),
+                backup_nodes: Vec::new(),
                 admin_token: server.admin_token(),
                 server_pids: vec![server.pid()],
                 label: "reference server (one node, embedded SQLite store, release build)".into(),
@@ -226,7 +262,22 @@ fn run_scenario(
     let slo = scenario.slo.clone();
     let judge = move |step: &scenarios::results::Step| verdict::judge(step, &slo).holds;
     let bar = progress_bar(args.no_progress);
+    // A fault strikes once the steady state has run `at_s` seconds.
+    let fault_log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let steady_since: Mutex<Option<Instant>> = Mutex::new(None);
+    let fault_fired = std::sync::atomic::AtomicBool::new(false);
     let on_progress = |p: &Progress| {
+        if let (Some(fault), Some(pool)) = (scenario.fault, &pool_process) {
+            let mut since = steady_since.lock().unwrap_or_else(|e| e.into_inner());
+            if p.phase == "steady" && since.is_none() {
+                *since = Some(Instant::now());
+            }
+            let due = since.is_some_and(|t| t.elapsed().as_secs_f64() >= fault.at_s);
+            if due && !fault_fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let (pool, log, run_s) = (pool.clone(), fault_log.clone(), p.elapsed_s);
+                std::thread::spawn(move || inject(fault.kind, &pool, &log, run_s));
+            }
+        }
         if let Some(bar) = &bar {
             bar.set_message(format!(
                 "{} step {}/{} · {} · users {} · endpoints {} · p99 delivery {:.1} ms · p99 post {:.1} ms",
@@ -278,10 +329,36 @@ fn run_scenario(
         result.completed = false;
         result.ended_because = Some("interrupted (goose stopped the attack)".into());
     }
+    // Wait for a fault still in progress (a failover takes a moment), then
+    // let the pool go.
+    if scenario.fault.is_some() && pool_process.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline
+            && fault_fired.load(std::sync::atomic::Ordering::SeqCst)
+            && fault_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(pool_process);
     let mut input = report_input(result, baseline);
     input
         .notes
         .push(generators_note(&input.result, args.generators));
+    if let Some(fault) = scenario.fault {
+        let happened = fault_log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if happened.is_empty() {
+            input.notes.push(format!(
+                "Fault {:?} was due {:.0} s into the steady state but did not happen (the run ended first).",
+                fault.kind, fault.at_s
+            ));
+        }
+        input.notes.extend(happened);
+        input.notes.push(fault_outcome(&input.result));
+    }
     let files = reports::write_report(&input, dir)?;
     let mut lines = vec![format!(
         "scenario {}: {}",
@@ -304,6 +381,63 @@ fn run_scenario(
         lines.push(format!("  knee: {}", k.text));
     }
     Ok(lines.join("\n"))
+}
+
+/// Strikes a fault at the pool and writes down what happened.
+fn inject(
+    kind: FaultKind,
+    pool: &Mutex<crate::pool::PoolProcess>,
+    log: &Mutex<Vec<String>>,
+    run_s: f64,
+) {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let line = match kind {
+        FaultKind::KillNode { node } => match pool.kill_node(node) {
+            Ok(pid) => format!(
+                "Fault: node {node} (pid {pid}) was killed with SIGKILL {run_s:.0} s into the run and \
+                 not started again; its endpoints moved to the surviving nodes and rejoined their \
+                 rooms from the last message they had seen."
+            ),
+            Err(e) => format!("Fault: killing node {node} failed: {e:#}"),
+        },
+        FaultKind::Failover => match pool.fail_over() {
+            Ok(t) => format!(
+                "Fault: the pool's site was lost {run_s:.0} s into the run (every node killed, the \
+                 primary database stopped at once). The synchronous standby was promoted after \
+                 {} ms and the backup pool's nodes answered after {} ms (server side, measured by \
+                 `pool local`); clients moved to them on their own.",
+                t.promoted_ms, t.serving_ms
+            ),
+            Err(e) => format!("Fault: the failover failed: {e:#}"),
+        },
+    };
+    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
+/// What a fault cost, from the measurements: the recovery point
+/// (acknowledged messages never seen again) and the longest stretch of
+/// steady-state seconds without an acknowledged post (the recovery time a
+/// client saw).
+fn fault_outcome(result: &scenarios::results::RunResult) -> String {
+    let lost: u64 = result.steps.iter().map(|s| s.correctness.lost).sum();
+    let mut longest = 0.0f64;
+    let mut run = 0.0f64;
+    let mut seen_posts = false;
+    for s in result.timeline.iter().filter(|s| s.phase == "steady") {
+        if s.posts_per_s > 0.0 {
+            seen_posts = true;
+            run = 0.0;
+        } else if seen_posts {
+            run += 1.0;
+            longest = longest.max(run);
+        }
+    }
+    format!(
+        "Recovery point: {lost} acknowledged message(s) lost. Recovery time as clients saw it: the \
+         longest stretch of the steady state without an acknowledged post was {longest:.0} s \
+         (one-second resolution; posts are a few per second at this load, so a second without \
+         one is not by itself an outage)."
+    )
 }
 
 /// Verdict rows, knee and notes, all computed from the measured result.
@@ -491,6 +625,7 @@ mod tests {
         let target = Target {
             base: server.base.clone(),
             nodes: Vec::new(),
+            backup_nodes: Vec::new(),
             admin_token: server.admin_token(),
             server_pids: vec![server.pid()],
             label: "reference server (test)".into(),
