@@ -20,6 +20,8 @@ pub struct Profile {
     pub admin_token: Option<String>,
     /// The name of an environment variable holding that token.
     pub admin_token_env: Option<String>,
+    /// A file holding that token (relative to the working directory).
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// A shell command that prints the fixtures as JSON (way c). It gets the
     /// run's namespace in `PCHAT_CONFORMANCE_NAMESPACE`.
     pub provision_command: Option<String>,
@@ -144,11 +146,12 @@ impl Profile {
         let p: Profile = toml::from_str(text)?;
         if p.admin_token.is_none()
             && p.admin_token_env.is_none()
+            && p.admin_token_file.is_none()
             && p.fixtures.is_none()
             && p.provision_command.is_none()
         {
             anyhow::bail!(
-                "the profile gives no way to get accounts: set admin_token (or admin_token_env), [fixtures], or provision_command"
+                "the profile gives no way to get accounts: set admin_token (or admin_token_env, admin_token_file), [fixtures], or provision_command"
             );
         }
         Ok(p)
@@ -158,6 +161,11 @@ impl Profile {
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.admin_token {
             return Ok(Some(t.clone()));
+        }
+        if let Some(path) = &self.admin_token_file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin_token_file {}", path.display()))?;
+            return Ok(Some(t.trim().to_owned()));
         }
         match &self.admin_token_env {
             Some(var) => std::env::var(var)

@@ -356,8 +356,10 @@ fn run_scenario(
                 fault.kind, fault.at_s
             ));
         }
+        let struck = !happened.is_empty() && !happened.iter().any(|l| l.contains("failed"));
         input.notes.extend(happened);
         input.notes.push(fault_outcome(&input.result));
+        input.verdicts.push(fault_verdict(fault.kind, struck, &input.result));
     }
     let files = reports::write_report(&input, dir)?;
     let mut lines = vec![format!(
@@ -414,6 +416,51 @@ fn inject(
     log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }
 
+/// The claim a fault scenario is about, judged from the checker's counts:
+/// every endpoint resumes across the fault with nothing lost, duplicated or
+/// out of order (for a failover: the recovery point is zero).
+fn fault_verdict(
+    kind: FaultKind,
+    struck: bool,
+    result: &scenarios::results::RunResult,
+) -> reports::VerdictRow {
+    let sum = |f: fn(&scenarios::results::Correctness) -> u64| -> u64 {
+        result.steps.iter().map(|s| f(&s.correctness)).sum()
+    };
+    let (lost, dup, reord, gaps, owed) = (
+        sum(|c| c.lost),
+        sum(|c| c.duplicated),
+        sum(|c| c.reordered),
+        sum(|c| c.sequence_gaps),
+        sum(|c| c.expected_deliveries),
+    );
+    let clean = lost == 0 && dup == 0 && reord == 0 && gaps == 0;
+    let claim = match kind {
+        FaultKind::KillNode { node } => {
+            format!("clients of killed node {node} resume on the survivors without a gap")
+        }
+        FaultKind::Failover => "failover loses no acknowledged message (recovery point zero)".into(),
+    };
+    let (holds, why) = if !struck {
+        (false, "the fault did not strike as planned (see the notes)".to_owned())
+    } else if result.steps.is_empty() {
+        (false, "no step ran".to_owned())
+    } else if clean {
+        (true, "every owed delivery arrived once and in order".to_owned())
+    } else {
+        (false, "the checker found lost, duplicated or reordered messages or gaps".to_owned())
+    };
+    reports::VerdictRow {
+        claim,
+        target: "0 lost, 0 duplicated, 0 reordered, 0 gaps".into(),
+        measured: format!(
+            "{lost} lost of {owed} owed deliveries, {dup} duplicated, {reord} reordered, {gaps} gaps"
+        ),
+        holds,
+        why,
+    }
+}
+
 /// What a fault cost, from the measurements: the recovery point
 /// (acknowledged messages never seen again) and the longest stretch of
 /// steady-state seconds without an acknowledged post (the recovery time a
@@ -432,11 +479,18 @@ fn fault_outcome(result: &scenarios::results::RunResult) -> String {
             longest = longest.max(run);
         }
     }
+    let owed: u64 = result
+        .steps
+        .iter()
+        .map(|s| s.correctness.expected_deliveries)
+        .sum();
     format!(
-        "Recovery point: {lost} acknowledged message(s) lost. Recovery time as clients saw it: the \
-         longest stretch of the steady state without an acknowledged post was {longest:.0} s \
-         (one-second resolution; posts are a few per second at this load, so a second without \
-         one is not by itself an outage)."
+        "After the fault: {lost} of {owed} owed deliveries never arrived (an acknowledged \
+         message that an endpoint joined to its room never received, on its stream or in a \
+         rejoin answer). Recovery time as clients saw it: the longest stretch of the steady \
+         state without an acknowledged post was {longest:.0} s (one-second resolution; posts \
+         are a few per second at this load, so a second without one is not by itself an \
+         outage)."
     )
 }
 

@@ -474,6 +474,27 @@ async fn list_entries_must_be_in_scope_and_known(cx: &Ctx) -> Check {
             Some("add[1]"),
             "field naming the out-of-scope entry"
         );
+        // A group entry is judged by the group, not only by its users: a
+        // group the category does not allow is out of scope too.
+        let g = cx.name("g");
+        cx.post("/v1/admin/groups")
+            .bearer(&cx.admin()?)
+            .json(json!({"name": g, "members": [u.principal()]}))
+            .send()
+            .await?
+            .setup(201, "create a group")?;
+        let r = cx
+            .post(format!("/v1/rooms/{room2}/lists/members"))
+            .as_user(&cx.w.manager)
+            .json(json!({"add": [format!("group:{g}")]}))
+            .send()
+            .await?;
+        r.err(422, "not_allowed_by_category")?;
+        check_eq!(
+            r.field(),
+            Some("add[0]"),
+            "field naming the out-of-scope group"
+        );
     }
     Ok(())
 }

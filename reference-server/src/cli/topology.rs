@@ -129,10 +129,27 @@ pub struct LocalFailover {
     pub serving_ms: u128,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` free ports below Linux's ephemeral range (32768 and up by default),
+/// so that client connections made later (a load test's thousands) cannot
+/// take one before the node that starts later (a backup pool's) binds it.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let offset = (std::process::id() % 10_000) as u16;
+    let mut held = Vec::new();
+    for k in 0..12_000u16 {
+        if held.len() == n {
+            break;
+        }
+        let port = 20_000 + (offset + k) % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        bail!("fewer than {n} free ports between 20000 and 31999");
+    }
+    held.iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 fn unix_ms() -> u128 {
@@ -254,15 +271,11 @@ async fn local(args: LocalArgs) -> anyhow::Result<()> {
         None
     };
     let count = args.nodes * if args.backup { 2 } else { 1 };
-    let ports: Vec<u16> = (0..count)
-        .map(|i| {
-            if args.base_port == 0 {
-                free_port()
-            } else {
-                Ok(args.base_port + i as u16)
-            }
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let ports: Vec<u16> = if args.base_port == 0 {
+        free_ports(count)?
+    } else {
+        (0..count).map(|i| args.base_port + i as u16).collect()
+    };
     let main_nodes: Vec<NodeSpec> = (0..args.nodes)
         .map(|i| NodeSpec {
             name: format!("node{i}"),
