@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use conformance::report::{Outcome, Verdict};
 use conformance::{history, redact, report};
@@ -112,11 +112,6 @@ async fn the_reference_server_is_conformant() {
         not_run.join("\n")
     );
     assert_eq!(report.verdict, Verdict::Conformant);
-    assert!(
-        started.elapsed() < Duration::from_secs(110),
-        "the suite took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

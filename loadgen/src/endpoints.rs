@@ -318,42 +318,62 @@ async fn rejoin_rooms(
     }
     for (room, since) in rooms {
         let room_id = pool.room_ids[room as usize];
-        let started = Instant::now();
-        let resp = pool
-            .http
-            .post(format!("{base}/v1/rooms/{room_id}/join"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "endpoint": ep.name, "since": since }))
-            .send()
-            .await;
-        let body: Option<serde_json::Value> = match resp {
-            Ok(r) if r.status().is_success() => r.json().await.ok(),
-            Ok(r) => {
-                pool.recorder
-                    .failed("rejoin", &format!("http:{}", r.status().as_u16()));
-                continue;
+        // A node that has just taken over may still be settling: a client
+        // tries again (backing off) rather than give up on the room.
+        let mut wait = Duration::from_millis(200);
+        let mut answer = None;
+        for _ in 0..8 {
+            if pool.stop.is_cancelled() {
+                return;
             }
-            Err(_) => {
-                pool.recorder.failed("rejoin", "io");
-                continue;
+            let started = Instant::now();
+            match rejoin_once(&pool, &ep, &token, &base, room_id, since).await {
+                Ok(v) => {
+                    pool.recorder
+                        .ok("rejoin", started.elapsed().as_micros() as u64);
+                    answer = Some(v);
+                    break;
+                }
+                Err(why) => pool.recorder.failed("rejoin", &why),
             }
-        };
-        let Some(v) = body else {
-            pool.recorder.failed("rejoin", "bad_json");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        let Some((last, history)) = answer else {
             continue;
         };
-        let Some(last) = v["last_seq"].as_u64() else {
-            pool.recorder.failed("rejoin", "bad_json");
-            continue;
-        };
-        let history: Vec<u64> = v["messages"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
-            .unwrap_or_default();
         record_join(&ep, room, last, &history);
-        pool.recorder
-            .ok("rejoin", started.elapsed().as_micros() as u64);
     }
+}
+
+/// One rejoin: the join answer's `last_seq` and the sequence numbers it
+/// carried, or why it failed.
+async fn rejoin_once(
+    pool: &Pool,
+    ep: &Endpoint,
+    token: &str,
+    base: &str,
+    room_id: u64,
+    since: u64,
+) -> Result<(u64, Vec<u64>), String> {
+    let resp = pool
+        .http
+        .post(format!("{base}/v1/rooms/{room_id}/join"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "endpoint": ep.name, "since": since }))
+        .send()
+        .await
+        .map_err(|_| "io".to_owned())?;
+    if !resp.status().is_success() {
+        return Err(format!("http:{}", resp.status().as_u16()));
+    }
+    let v: serde_json::Value = resp.json().await.map_err(|_| "bad_json".to_owned())?;
+    let last = v["last_seq"].as_u64().ok_or("bad_json")?;
+    let history = v["messages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
+        .unwrap_or_default();
+    Ok((last, history))
 }
 
 fn connect_error(e: &anyhow::Error) -> String {

@@ -147,9 +147,7 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     if held.len() < n {
         bail!("fewer than {n} free ports between 20000 and 31999");
     }
-    held.iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 fn unix_ms() -> u128 {
