@@ -359,7 +359,9 @@ fn run_scenario(
         let struck = !happened.is_empty() && !happened.iter().any(|l| l.contains("failed"));
         input.notes.extend(happened);
         input.notes.push(fault_outcome(&input.result));
-        input.verdicts.push(fault_verdict(fault.kind, struck, &input.result));
+        input
+            .verdicts
+            .push(fault_verdict(fault.kind, struck, &input.result));
     }
     let files = reports::write_report(&input, dir)?;
     let mut lines = vec![format!(
@@ -439,16 +441,27 @@ fn fault_verdict(
         FaultKind::KillNode { node } => {
             format!("clients of killed node {node} resume on the survivors without a gap")
         }
-        FaultKind::Failover => "failover loses no acknowledged message (recovery point zero)".into(),
+        FaultKind::Failover => {
+            "failover loses no acknowledged message (recovery point zero)".into()
+        }
     };
     let (holds, why) = if !struck {
-        (false, "the fault did not strike as planned (see the notes)".to_owned())
+        (
+            false,
+            "the fault did not strike as planned (see the notes)".to_owned(),
+        )
     } else if result.steps.is_empty() {
         (false, "no step ran".to_owned())
     } else if clean {
-        (true, "every owed delivery arrived once and in order".to_owned())
+        (
+            true,
+            "every owed delivery arrived once and in order".to_owned(),
+        )
     } else {
-        (false, "the checker found lost, duplicated or reordered messages or gaps".to_owned())
+        (
+            false,
+            "the checker found lost, duplicated or reordered messages or gaps".to_owned(),
+        )
     };
     reports::VerdictRow {
         claim,
