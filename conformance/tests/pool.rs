@@ -9,7 +9,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use conformance::report::{Outcome, Verdict};
 use conformance::Config;
 
 struct PoolProcess(Child);
@@ -84,37 +83,5 @@ async fn a_pool_on_postgresql_is_conformant() {
         .await
         .expect("the suite runs");
     eprintln!("{}", conformance::report::table(&report));
-    let not_run: Vec<String> = report
-        .results
-        .iter()
-        .filter(|r| match r.outcome {
-            Outcome::NotPossible => true,
-            Outcome::Skip => r.clause != "PC-17.1a",
-            _ => false,
-        })
-        .map(|r| format!("{} {}: {:?}", r.clause, r.test, r.detail))
-        .collect();
-    let failed: Vec<String> = report
-        .must_failures()
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}: {}",
-                r.clause,
-                r.test,
-                r.detail.as_deref().unwrap_or("")
-            )
-        })
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "the pool fails MUST clauses:\n{}",
-        failed.join("\n")
-    );
-    assert!(
-        not_run.is_empty(),
-        "tests that did not run:\n{}",
-        not_run.join("\n")
-    );
-    assert_eq!(report.verdict, Verdict::Conformant);
+    support::assert_conformant(&report, "the pool");
 }

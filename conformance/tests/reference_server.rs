@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use conformance::report::{Outcome, Verdict};
+use conformance::report::Outcome;
 use conformance::{history, redact, report};
 
 use support::Server;
@@ -79,39 +79,7 @@ async fn the_reference_server_is_conformant() {
 
     // Every test ran (hooks declared; only §17 does not apply to one
     // pool), and every MUST test passed.
-    let not_run: Vec<String> = report
-        .results
-        .iter()
-        .filter(|r| match r.outcome {
-            Outcome::NotPossible => true,
-            Outcome::Skip => r.clause != "PC-17.1a",
-            _ => false,
-        })
-        .map(|r| format!("{} {}: {:?}", r.clause, r.test, r.detail))
-        .collect();
-    let failed: Vec<String> = report
-        .must_failures()
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}: {}",
-                r.clause,
-                r.test,
-                r.detail.as_deref().unwrap_or("")
-            )
-        })
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "the reference server fails MUST clauses:\n{}",
-        failed.join("\n")
-    );
-    assert!(
-        not_run.is_empty(),
-        "tests that did not run:\n{}",
-        not_run.join("\n")
-    );
-    assert_eq!(report.verdict, Verdict::Conformant);
+    support::assert_conformant(&report, "the reference server");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,3 +212,43 @@ impl Drop for Server {
         }
     }
 }
+
+/// Asserts a run against `what` is conformant with every test run (all
+/// hooks declared; only PC-17.1a, about several pools, may be skipped),
+/// naming each MUST failure and each test that did not run.
+pub fn assert_conformant(report: &conformance::report::Report, what: &str) {
+    use conformance::report::{Outcome, Verdict};
+    let not_run: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| match r.outcome {
+            Outcome::NotPossible => true,
+            Outcome::Skip => r.clause != "PC-17.1a",
+            _ => false,
+        })
+        .map(|r| format!("{} {}: {:?}", r.clause, r.test, r.detail))
+        .collect();
+    let failed: Vec<String> = report
+        .must_failures()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r.clause,
+                r.test,
+                r.detail.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{what} fails MUST clauses:\n{}",
+        failed.join("\n")
+    );
+    assert!(
+        not_run.is_empty(),
+        "tests that did not run:\n{}",
+        not_run.join("\n")
+    );
+    assert_eq!(report.verdict, Verdict::Conformant);
+}
