@@ -73,7 +73,7 @@ async fn a_pool_on_postgresql_is_conformant() {
          [hooks]\n\
          restart = \"kill -9 $(cat {pid}) && sleep 0.5\"\n\
          compliance_export = \"cat {data}/compliance-export/*.jsonl 2>/dev/null || true\"\n\
-         [run]\nmax_wait_s = 15\nseed = 42\n",
+         [run]\nmax_wait_s = 15\nevent_wait_s = 15\nseed = 42\n",
         token = dir.join("admin-token").display(),
         pid = dir.join("node1.pid").display(),
         data = dir.join("data").display(),

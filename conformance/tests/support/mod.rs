@@ -187,9 +187,13 @@ impl Server {
     }
 
     /// The profile: the operator token, a fixed seed, short waits, and `extra`.
+    /// Events get 15 s to arrive (not the default 5): these runs share two
+    /// cores with the rest of the test suite, two suites at a time, and an
+    /// event that does come must not be reported missing because the machine
+    /// was busy. Tests of an event's absence drain for their own fixed time.
     pub fn profile(&self, extra: &str) -> Profile {
         Profile::parse(&format!(
-            "admin_token = \"{}\"\n[run]\nmax_wait_s = 15\nseed = 42\n{extra}",
+            "admin_token = \"{}\"\n[run]\nmax_wait_s = 15\nevent_wait_s = 15\nseed = 42\n{extra}",
             self.operator_token()
         ))
         .expect("profile")
