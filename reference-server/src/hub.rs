@@ -285,16 +285,20 @@ impl Hub {
         }
     }
 
-    /// Everything this node would announce to a node that just started.
-    pub fn local_state(&self) -> Vec<BusEvent> {
-        let mut out = Vec::new();
-        let rooms: Vec<(RoomId, Arc<Mutex<RoomLive>>)> = self
-            .rooms
+    /// Every room's live state, taken out from under the rooms lock.
+    fn all_rooms(&self) -> Vec<(RoomId, Arc<Mutex<RoomLive>>)> {
+        self.rooms
             .read()
             .expect("rooms lock poisoned")
             .iter()
             .map(|(k, v)| (*k, v.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// Everything this node would announce to a node that just started.
+    pub fn local_state(&self) -> Vec<BusEvent> {
+        let mut out = Vec::new();
+        let rooms = self.all_rooms();
         for (room, live) in rooms {
             let live = live.lock().expect("room lock poisoned");
             let mut names: HashMap<UserId, String> = HashMap::new();
@@ -471,14 +475,8 @@ impl Hub {
     /// Forgets everything a node announced (it stopped, or restarted).
     pub fn drop_node(&self, node: &str) {
         let rooms: Vec<(RoomId, Vec<(UserId, String)>)> = {
-            let all: Vec<(RoomId, Arc<Mutex<RoomLive>>)> = self
-                .rooms
-                .read()
-                .expect("rooms lock poisoned")
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
-                .collect();
-            all.into_iter()
+            self.all_rooms()
+                .into_iter()
                 .filter_map(|(id, live)| {
                     let live = live.lock().expect("room lock poisoned");
                     let users: Vec<(UserId, String)> = live
@@ -641,14 +639,13 @@ impl Hub {
         });
         sessions.insert(key, s.clone());
         drop(sessions);
-        let (first, presence) = {
+        let first = {
             let mut users = self.users.lock().expect("users lock poisoned");
             let u = users.entry(user).or_default();
             u.sessions.push(s.clone());
-            (u.sessions.len() == 1, u.presence)
+            u.sessions.len() == 1
         };
         if first {
-            let _ = presence;
             self.announce(BusEvent::Presence {
                 user: user.0,
                 name: user_name.to_owned(),
