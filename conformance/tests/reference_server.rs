@@ -82,6 +82,35 @@ async fn the_reference_server_is_conformant() {
     support::assert_conformant(&report, "the reference server");
 }
 
+/// The same suite against a node whose stream sockets are held by two
+/// stream worker processes (reference-server `stream.workers`): handing a
+/// socket over must not change anything a client can observe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_stream_workers_is_conformant() {
+    let server = Server::start(server_binary(), &[("PCHAT_STREAM__WORKERS", "2")]).await;
+    let workers = support::children_of(server.pid());
+    assert_eq!(workers.len(), 2, "two stream workers run: {workers:?}");
+    let report = conformance::run(server.config(server.profile("")))
+        .await
+        .expect("the suite runs");
+    eprintln!("{}", report::table(&report));
+    support::assert_conformant(&report, "a node with stream workers");
+    // The suite's streams really went through the workers.
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let relayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pchat_streams_relayed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pchat_streams_relayed_total in {metrics}"));
+    assert!(relayed >= 20, "only {relayed} streams were relayed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_check_finds_no_anomalies_with_a_fixed_seed() {
     let server = Server::start(server_binary(), &[]).await;

@@ -27,6 +27,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub compliance: ComplianceSettings,
     pub log: LogConfig,
+    pub admission: AdmissionConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -58,6 +59,14 @@ pub struct StreamConfig {
     /// Bytes buffered before a write is pushed to the socket (0: write at once).
     pub write_buffer_bytes: usize,
     pub max_client_frame_bytes: usize,
+    /// Stream worker processes holding the client sockets of event streams
+    /// (0: this process holds them). One process may hold only as many
+    /// sockets as its open-file limit allows; workers let one node hold more
+    /// (see ARCHITECTURE.md, "Stream workers").
+    pub workers: usize,
+    /// The program run as a stream worker (default: this executable), with
+    /// the argument `stream-worker`.
+    pub worker_program: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -106,6 +115,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             compliance: ComplianceSettings::default(),
             log: LogConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -137,6 +147,8 @@ impl Default for StreamConfig {
             read_buffer_bytes: 1024,
             write_buffer_bytes: 0,
             max_client_frame_bytes: 4096,
+            workers: 0,
+            worker_program: None,
         }
     }
 }
@@ -174,7 +186,7 @@ impl Default for LogConfig {
 }
 
 /// The top-level keys of [`Config`].
-const TOP_LEVEL_KEYS: [&str; 7] = [
+const TOP_LEVEL_KEYS: [&str; 8] = [
     "listen",
     "data_dir",
     "limits",
@@ -182,6 +194,7 @@ const TOP_LEVEL_KEYS: [&str; 7] = [
     "store",
     "compliance",
     "log",
+    "admission",
 ];
 
 impl Config {
@@ -207,6 +220,67 @@ impl Config {
             .export_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("compliance-export"))
+    }
+}
+
+/// Admission control (docs/protocol.md PC-2.4b; `crate::admission`): the
+/// work a reconnect storm multiplies runs a bounded number at a time, a
+/// short queue waits for a turn, and the rest is refused with 503 `busy`
+/// before it changes anything.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Joins that read history from the store: with `since` behind the
+    /// room, or loading the last messages on join.
+    pub join: GateConfig,
+    /// Stream starts whose `resume` lies behind a joined room, so that the
+    /// connection replays missed messages from the store.
+    pub stream: GateConfig,
+    /// The `Retry-After` of a refusal is drawn uniformly from this range
+    /// (milliseconds), so refused clients do not come back together.
+    pub retry_after_min_ms: u64,
+    pub retry_after_max_ms: u64,
+}
+
+/// One admission gate.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// At most this many at once; 0 lifts the bound (and the gate).
+    pub concurrency: usize,
+    /// At most this many wait for a turn; one more is refused at once.
+    pub queue: usize,
+    /// The longest wait for a turn before the request is refused.
+    pub max_wait_ms: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            // As many as the store has connections (16 on PostgreSQL; 4
+            // SQLite readers): enough to keep the store busy, few enough
+            // that a storm's reads leave room for posts and history pages.
+            // The queue absorbs a ramp's bursts (the load generator keeps
+            // 256 joins in flight) without refusing them.
+            join: GateConfig {
+                concurrency: 16,
+                queue: 512,
+                max_wait_ms: 2_000,
+            },
+            stream: GateConfig {
+                concurrency: 16,
+                queue: 512,
+                max_wait_ms: 2_000,
+            },
+            retry_after_min_ms: 1_000,
+            retry_after_max_ms: 5_000,
+        }
+    }
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        AdmissionConfig::default().join
     }
 }
 

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod bus;
@@ -40,6 +41,7 @@ pub mod hub;
 #[cfg(feature = "bug-injection")]
 pub mod inject;
 pub mod metrics;
+pub mod relay;
 pub mod store;
 pub mod topology;
 
@@ -177,6 +179,17 @@ pub async fn start_on(
             anyhow::bail!("refusing to start: {why}");
         }
     }
+    if let Some(workers) = &app.workers {
+        let want = app.config.stream.workers;
+        let up = workers.ready(Duration::from_secs(10)).await;
+        if up < want {
+            tracing::warn!(
+                up,
+                want,
+                "not every stream worker started; streams stay in this process until they do"
+            );
+        }
+    }
     let addr = listener.local_addr()?;
 
     let publisher = tokio::spawn(app::run_publisher(
@@ -200,9 +213,19 @@ pub async fn start_on(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "serving");
-            axum::serve(listener, router)
+            if app.workers.is_some() {
+                // Stream sockets go to workers: keep a handle to each one.
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<http::SocketHandle>(),
+                )
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await?;
+            } else {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await?;
+            }
             // Streams saw the shutdown token and are closing; give them a moment.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while app.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {

@@ -23,6 +23,12 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Which admission gate (see `admission`): `join` or `stream`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    pub gate: String,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +40,8 @@ pub struct Metrics {
     pub posts: Counter,
     pub deliveries: Counter,
     pub slow_consumer_closes: Counter,
+    /// Streams whose socket was handed to a stream worker.
+    pub streams_relayed: Counter,
     pub heartbeat_timeouts: Counter,
     pub rate_limited: Counter,
     pub store_pending: Gauge,
@@ -43,6 +51,10 @@ pub struct Metrics {
     pub http_seconds: Family<RouteLabels, Histogram>,
     pub post_ack_seconds: Histogram,
     pub catchup_messages: Counter,
+    /// Requests refused with 503 `busy` by an admission gate.
+    pub admission_refused: Family<GateLabels, Counter>,
+    /// Requests waiting for a turn at an admission gate now.
+    pub admission_waiting: Family<GateLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +74,7 @@ impl Metrics {
             posts: Counter::default(),
             deliveries: Counter::default(),
             slow_consumer_closes: Counter::default(),
+            streams_relayed: Counter::default(),
             heartbeat_timeouts: Counter::default(),
             rate_limited: Counter::default(),
             store_pending: Gauge::default(),
@@ -71,6 +84,8 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(latency_histogram),
             post_ack_seconds: latency_histogram(),
             catchup_messages: Counter::default(),
+            admission_refused: Family::default(),
+            admission_waiting: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +115,11 @@ impl Metrics {
             "slow_consumer_closes",
             "Streams closed because their queue filled",
             m.slow_consumer_closes.clone(),
+        );
+        registry.register(
+            "streams_relayed",
+            "Streams whose socket was handed to a stream worker",
+            m.streams_relayed.clone(),
         );
         registry.register(
             "heartbeat_timeouts",
@@ -145,6 +165,16 @@ impl Metrics {
             "post_ack_seconds",
             "Time from a post's arrival to its acknowledgement",
             m.post_ack_seconds.clone(),
+        );
+        registry.register(
+            "admission_refused",
+            "Requests refused with 503 busy by an admission gate",
+            m.admission_refused.clone(),
+        );
+        registry.register(
+            "admission_waiting",
+            "Requests waiting for a turn at an admission gate",
+            m.admission_waiting.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -428,6 +428,18 @@ async fn events_are_typed_json_text_frames(cx: &Ctx) -> Check {
     let mut raw = rawws::connect(&cx.base, &watcher.token, &ep, &[], None)
         .await
         .setup("open a raw stream")?;
+    let mut seen = std::collections::BTreeMap::new();
+    // Events are promised from `ready` on (PC-9.4a): the other user joins
+    // only once the stream has said it.
+    let deadline = Instant::now() + cx.event_wait;
+    while !seen.contains_key("ready") && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, raw.next_frame()).await {
+            Ok(Ok(Some(frame))) => record_typed_frame(cx, frame, &mut seen)?,
+            _ => break,
+        }
+    }
+    check!(seen.contains_key("ready"), "no ready frame arrived");
     cx.join(other, room).await?;
     cx.say(other, room, "typed").await?;
     cx.patch(format!("/v1/rooms/{room}"))
@@ -436,25 +448,12 @@ async fn events_are_typed_json_text_frames(cx: &Ctx) -> Check {
         .send()
         .await?
         .ok(200)?;
-    let mut seen = std::collections::BTreeMap::new();
     let deadline = Instant::now() + cx.event_wait;
     while seen.len() < 4 && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        let frame = match tokio::time::timeout(left, raw.next_frame()).await {
-            Ok(Ok(Some(f))) => f,
+        match tokio::time::timeout(left, raw.next_frame()).await {
+            Ok(Ok(Some(frame))) => record_typed_frame(cx, frame, &mut seen)?,
             _ => break,
-        };
-        cx.log(format!("ws< raw {frame:?}"));
-        match frame {
-            Frame::Text(t) => {
-                let v: Value = serde_json::from_str(&t)
-                    .map_err(|e| Flaw::Fail(format!("an event is not JSON ({e}): {t}")))?;
-                let ty = v["type"].as_str().unwrap_or("").to_owned();
-                check!(!ty.is_empty(), "an event without a type: {t}");
-                seen.entry(ty).or_insert(v);
-            }
-            Frame::Ping | Frame::Pong => {}
-            other => return Err(Flaw::Fail(format!("a non-text data frame: {other:?}"))),
         }
     }
     let fields: [(&str, &[&str]); 4] = [
@@ -473,6 +472,28 @@ async fn events_are_typed_json_text_frames(cx: &Ctx) -> Check {
         cx.shape(&format!("event.{ty}"), v);
     }
     Ok(())
+}
+
+/// Checks that a raw frame is a typed JSON text frame (or a control frame)
+/// and keeps the first event of each type.
+fn record_typed_frame(
+    cx: &Ctx,
+    frame: Frame,
+    seen: &mut std::collections::BTreeMap<String, Value>,
+) -> Check {
+    cx.log(format!("ws< raw {frame:?}"));
+    match frame {
+        Frame::Text(t) => {
+            let v: Value = serde_json::from_str(&t)
+                .map_err(|e| Flaw::Fail(format!("an event is not JSON ({e}): {t}")))?;
+            let ty = v["type"].as_str().unwrap_or("").to_owned();
+            check!(!ty.is_empty(), "an event without a type: {t}");
+            seen.entry(ty).or_insert(v);
+            Ok(())
+        }
+        Frame::Ping | Frame::Pong => Ok(()),
+        other => Err(Flaw::Fail(format!("a non-text data frame: {other:?}"))),
+    }
 }
 
 async fn losing_read_permission_removes_the_endpoint(cx: &Ctx) -> Check {

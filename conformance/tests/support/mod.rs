@@ -149,6 +149,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().expect("child lock").id()
+    }
+
     fn operator_token(&self) -> String {
         let keys = reference_server::auth::Keys::load(&self.dir).expect("signing key");
         keys.issue(
@@ -255,4 +260,22 @@ pub fn assert_conformant(report: &conformance::report::Report, what: &str) {
         not_run.join("\n")
     );
     assert_eq!(report.verdict, Verdict::Conformant);
+}
+
+/// The child processes of `pid` (Linux: `/proc/<pid>/task/*/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }

@@ -99,6 +99,10 @@ pub struct App {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The stream worker processes, when the node runs them.
+    pub workers: Option<Arc<crate::relay::Workers>>,
+    /// Bounds on the work a reconnect storm multiplies (PC-2.4b).
+    pub admission: crate::admission::Admission,
     dir: RwLock<Directory>,
     settings: RwLock<Settings>,
     admin_lock: tokio::sync::Mutex<()>,
@@ -165,13 +169,24 @@ impl App {
         metrics.users.set(dir.users.len() as i64);
         let limiter = RateLimiter::new(&config);
         hub.set_update_limit(settings.service.participant_update_limit as usize);
+        let workers = match config.stream.workers {
+            0 => None,
+            n => {
+                let cmd = crate::relay::WorkerCommand::from_config(&config.stream)
+                    .map_err(ApiError::internal)?;
+                Some(crate::relay::Workers::start(n, cmd, shutdown.clone()))
+            }
+        };
+        let admission = crate::admission::Admission::new(&config.admission, &metrics);
         Ok(Arc::new(App {
+            admission,
             config,
             store,
             hub,
             keys,
             metrics,
             shutdown,
+            workers,
             dir: RwLock::new(dir),
             settings: RwLock::new(settings),
             admin_lock: tokio::sync::Mutex::new(()),

@@ -1,11 +1,12 @@
 //! Categories as users see them, rooms, their lists, joining and participants.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use pchat_protocol::{self as wire, ErrorCode, Principal, RemovedReason, RoomList, RoomType};
 
 use super::views::{self, check_description, check_name};
 use super::{now_ms, App, Caller};
+use crate::admission::Admitted;
 use crate::domain::{
     name_key, Access, Acl, CategoryId, Directory, Entry, NameOwner, RoomId, RoomRec, UserId,
 };
@@ -583,6 +584,19 @@ impl App {
                 "too many endpoints for this user",
             ));
         }
+        // A join that reads history waits for a turn first; refused, it
+        // has changed nothing: no session, no participant, no record
+        // (PC-2.4b). The turn is held to the answer.
+        let reads_history = history_on
+            && match req.since {
+                Some(since) => since < self.hub.last_seq(room),
+                None => settings.service.messages_on_join > 0,
+            };
+        let _turn = if reads_history {
+            self.admission.join.admit().await?
+        } else {
+            Admitted::free()
+        };
         let session = self.hub.session(caller.id, &caller.name, &req.endpoint);
         let limit = settings.service.participant_update_limit as usize;
         let upto = self.hub.join(room, &session, limit);
@@ -619,6 +633,32 @@ impl App {
             participants: self.hub.participant_count(room) as u64,
             disclaimer: settings.service.disclaimer.clone(),
         })
+    }
+
+    /// A turn at the stream gate for a stream start (`GET /v1/stream`) that
+    /// will replay missed messages from the store: one whose `resume` names
+    /// a room the endpoint's session has joined at a point behind what the
+    /// room has published. Other starts need no turn. Call it before the
+    /// stream changes anything, and hold the turn until the replay is done.
+    pub async fn admit_stream(
+        &self,
+        caller: &Caller,
+        endpoint: &str,
+        resume: &HashMap<RoomId, u64>,
+    ) -> ApiResult<Admitted> {
+        let behind = !resume.is_empty()
+            && self.hub.find_session(caller.id, endpoint).is_some_and(|s| {
+                s.rooms().into_iter().any(|room| {
+                    resume
+                        .get(&room)
+                        .is_some_and(|seq| *seq < self.hub.last_seq(room))
+                })
+            });
+        if behind {
+            self.admission.stream.admit().await
+        } else {
+            Ok(Admitted::free())
+        }
     }
 
     /// `POST /v1/rooms/{id}/leave`.

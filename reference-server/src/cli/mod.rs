@@ -37,6 +37,17 @@ enum Command {
     Topology(topology::TopologyArgs),
     /// Disaster recovery: fail a pool over to its backup pool, and back.
     Pool(topology::PoolArgs),
+    /// A stream worker: started by `serve` when `stream.workers` > 0, never by hand.
+    #[command(hide = true)]
+    StreamWorker(WorkerArgs),
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    #[arg(long)]
+    read_buffer_bytes: usize,
+    #[arg(long)]
+    max_frame_bytes: usize,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => runtime().and_then(|rt| rt.block_on(chat::run(args))),
         Command::Topology(args) => runtime().and_then(|rt| rt.block_on(topology::topology(args))),
         Command::Pool(args) => runtime().and_then(|rt| rt.block_on(topology::pool(args))),
+        Command::StreamWorker(args) => stream_worker(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,6 +119,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token.cancel();
         });
         server.wait().await
+    })
+}
+
+fn stream_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    init_tracing(&Config::default());
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the file descriptor limit");
+    }
+    // Ctrl-C in a terminal reaches the whole process group: the worker
+    // leaves when its node closes the link, not before.
+    let rt = runtime()?;
+    rt.block_on(async move {
+        tokio::spawn(async {
+            loop {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        });
+        reference_server::relay::worker::run(reference_server::relay::worker::Options {
+            read_buffer_bytes: args.read_buffer_bytes,
+            max_frame_bytes: args.max_frame_bytes,
+        })
+        .await
     })
 }
 

@@ -8,6 +8,8 @@
 mod routes;
 mod stream;
 
+pub use stream::SocketHandle;
+
 use std::sync::Arc;
 use std::time::Instant;
 

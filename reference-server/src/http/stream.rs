@@ -7,22 +7,31 @@
 //! exactly-once and gap-free whatever the races around joining and resuming:
 //! a message at or below that number is dropped, and a message beyond the
 //! next one is preceded by the missing ones read from the store.
+//!
+//! The socket itself is held here, or, when the node runs stream workers
+//! ([`crate::relay`]), by a worker: the connection is the same either way.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use axum::serve::IncomingStream;
+use axum::Extension;
 use pchat_protocol::{self as wire, close, ErrorCode, RemovedReason};
 use serde::Deserialize;
 
 use super::{Auth, Query};
+use crate::admission::Admitted;
 use crate::app::{views, App, Caller};
 use crate::domain::RoomId;
 use crate::error::{ApiError, ApiResult};
 use crate::hub::{to_frame, Outbound, Session};
+use crate::relay::{Incoming, Relayed};
 use crate::store::Slice;
 
 /// A send that takes longer than this means the client is not reading.
@@ -31,6 +40,18 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESUME: usize = 1000;
 /// Page size of gap-filling reads.
 const CATCHUP_PAGE: usize = 500;
+
+/// A second descriptor of a connection's socket, taken when it is accepted
+/// on a node that runs stream workers, so that a stream's socket can be
+/// handed to a worker after the upgrade.
+#[derive(Clone)]
+pub struct SocketHandle(Option<Arc<OwnedFd>>);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for SocketHandle {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        SocketHandle(stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new))
+    }
+}
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -67,6 +88,7 @@ pub async fn stream(
     State(app): State<Arc<App>>,
     Auth(caller): Auth,
     Query(q): Query<StreamQuery>,
+    handle: Option<Extension<ConnectInfo<SocketHandle>>>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let endpoint = q
@@ -92,6 +114,10 @@ pub async fn stream(
             "too many endpoints for this user",
         ));
     }
+    // A start that will replay missed messages from the store waits for a
+    // turn at the stream gate; refused (503 busy), nothing has changed
+    // (PC-2.4b). The turn is held until the replay is done.
+    let turn = app.admit_stream(&caller, &endpoint, &resume).await?;
     let session = app.hub.session(caller.id, &caller.name, &endpoint);
     let s = &app.config.stream;
     let ws = ws
@@ -100,9 +126,35 @@ pub async fn stream(
         .max_write_buffer_size(s.write_buffer_bytes.max(64 * 1024) * 4)
         .max_message_size(s.max_client_frame_bytes)
         .max_frame_size(s.max_client_frame_bytes);
+    let handle = handle.and_then(|Extension(ConnectInfo(h))| h.0);
     Ok(ws.on_upgrade(move |socket| async move {
-        Connection::run(app, caller, session, resume, socket).await;
+        let socket = hand_over(&app, socket, handle);
+        Connection::run(app, caller, session, resume, socket, turn).await;
     }))
+}
+
+/// Gives the socket to a stream worker when the node runs them.
+fn hand_over(app: &App, socket: WebSocket, handle: Option<Arc<OwnedFd>>) -> Socket {
+    let (Some(workers), Some(handle)) = (&app.workers, handle) else {
+        return Socket::Local(Box::new(socket));
+    };
+    // The handle is the only other owner once the request is gone.
+    let fd = match Arc::try_unwrap(handle) {
+        Ok(fd) => fd,
+        Err(shared) => match shared.try_clone() {
+            Ok(fd) => fd,
+            Err(_) => return Socket::Local(Box::new(socket)),
+        },
+    };
+    match workers.open(fd) {
+        Ok(relayed) => {
+            // The worker has its own descriptor; this one closes now.
+            drop(socket);
+            app.metrics.streams_relayed.inc();
+            Socket::Relayed(relayed)
+        }
+        Err(_) => Socket::Local(Box::new(socket)),
+    }
 }
 
 /// Whether a read failed because the client's frame or message exceeded
@@ -123,9 +175,79 @@ enum End {
     Gone,
 }
 
+/// Where a stream's socket is held.
+enum Socket {
+    Local(Box<WebSocket>),
+    Relayed(Relayed),
+}
+
+impl Socket {
+    async fn send_text(&mut self, frame: Utf8Bytes) -> Result<(), ()> {
+        match self {
+            Socket::Local(ws) => ws.send(Message::Text(frame)).await.map_err(|_| ()),
+            Socket::Relayed(r) => r.send_text(frame.as_str()).await,
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), ()> {
+        match self {
+            Socket::Local(ws) => ws
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| ()),
+            Socket::Relayed(r) => {
+                r.ping();
+                Ok(())
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        match self {
+            Socket::Local(ws) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    ws.send(Message::Close(Some(frame))),
+                )
+                .await;
+            }
+            Socket::Relayed(r) => r.close(code, reason),
+        }
+    }
+
+    /// After the client's Close: push out the queued reply.
+    async fn finish_peer_close(&mut self) {
+        if let Socket::Local(ws) = self {
+            let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::SinkExt::flush(ws))
+                .await;
+        }
+    }
+
+    async fn recv(&mut self) -> Incoming {
+        match self {
+            Socket::Local(ws) => match ws.recv().await {
+                None => Incoming::Gone,
+                // A frame over the limit (PC-9.6b). The WebSocket layer
+                // reports it only as an error; its text is the one sign.
+                Some(Err(e)) if is_too_big(&e) => Incoming::TooBig,
+                Some(Err(_)) => Incoming::Gone,
+                Some(Ok(Message::Close(_))) => Incoming::Closed,
+                Some(Ok(Message::Ping(_))) => Incoming::Ping,
+                Some(Ok(Message::Pong(_))) => Incoming::Pong,
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => Incoming::Data,
+            },
+            Socket::Relayed(r) => r.recv().await,
+        }
+    }
+}
+
 struct Connection {
     app: Arc<App>,
-    socket: WebSocket,
+    socket: Socket,
     /// Per joined room: the last sequence number sent.
     delivered: HashMap<RoomId, u64>,
     last_heard: Instant,
@@ -137,7 +259,8 @@ impl Connection {
         caller: Caller,
         session: Arc<Session>,
         resume: HashMap<RoomId, u64>,
-        socket: WebSocket,
+        socket: Socket,
+        turn: Admitted,
     ) {
         let attached = app.hub.attach(&session);
         app.metrics.connections.inc();
@@ -150,29 +273,16 @@ impl Connection {
             last_heard: Instant::now(),
         };
         tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream connected");
-        let end = match me.start(&session, &attached.rooms, &resume).await {
+        let started = me.start(&session, &attached.rooms, &resume).await;
+        // The replay from the store is done: the next start may have the turn.
+        drop(turn);
+        let end = match started {
             Err(end) => end,
             Ok(()) => me.serve(&mut rx, &conn.close).await,
         };
         match end {
-            End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    me.socket.send(Message::Close(Some(frame))),
-                )
-                .await;
-            }
-            End::PeerClosed => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    futures_util::SinkExt::flush(&mut me.socket),
-                )
-                .await;
-            }
+            End::Close(code, reason) => me.socket.close(code, reason).await,
+            End::PeerClosed => me.socket.finish_peer_close().await,
             End::Gone => {}
         }
         app.metrics.connections.dec();
@@ -181,7 +291,7 @@ impl Connection {
     }
 
     async fn send(&mut self, frame: Utf8Bytes) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(frame))).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send_text(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
@@ -315,20 +425,15 @@ impl Connection {
                     None => Err(End::Close(close::SLOW_CONSUMER, "slow consumer")),
                     Some(item) => self.outbound(item).await,
                 },
-                frame = self.socket.recv() => match frame {
-                    None => Err(End::Gone),
-                    // A frame over the limit (PC-9.6b). The WebSocket layer
-                    // reports it only as an error; its text is the one sign.
-                    Some(Err(e)) if is_too_big(&e) => {
-                        Err(End::Close(close::MESSAGE_TOO_BIG, "frame too big"))
-                    }
-                    Some(Err(_)) => Err(End::Gone),
-                    Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                heard = self.socket.recv() => match heard {
+                    Incoming::Gone => Err(End::Gone),
+                    Incoming::TooBig => Err(End::Close(close::MESSAGE_TOO_BIG, "frame too big")),
+                    Incoming::Closed => Err(End::PeerClosed),
+                    Incoming::Ping | Incoming::Pong => {
                         self.last_heard = Instant::now();
                         Ok(())
                     }
-                    Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    Incoming::Data => {
                         Err(End::Close(close::UNSUPPORTED_DATA, "clients send no data frames in v1"))
                     }
                 },
@@ -337,7 +442,7 @@ impl Connection {
                         self.app.metrics.heartbeat_timeouts.inc();
                         Err(End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"))
                     } else {
-                        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Ping(Default::default()))).await {
+                        match tokio::time::timeout(SEND_TIMEOUT, self.socket.ping()).await {
                             Ok(Ok(())) => Ok(()),
                             _ => Err(End::Gone),
                         }

@@ -1,0 +1,144 @@
+//! Stream workers (`stream.workers`): a node hands its stream sockets to
+//! child processes. What a client sees is covered by the conformance suite
+//! against a node with workers; these are the failures of the processes.
+
+mod support;
+
+use std::time::Duration;
+
+use pchat_protocol::client::StreamItem;
+use pchat_protocol::Event;
+use support::*;
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Polls `cond` every 50 ms for up to `secs`.
+async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 20 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// The ready event's rooms.
+async fn ready(s: &mut pchat_protocol::client::EventStream) -> Vec<(u64, u64)> {
+    match next_event(s, 10).await {
+        StreamItem::Event(Event::Ready { rooms, .. }) => {
+            rooms.into_iter().map(|r| (r.room, r.last_seq)).collect()
+        }
+        other => panic!("expected ready, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_costs_only_its_connections_and_is_replaced() {
+    let server = TestServer::start_with(&[("PCHAT_STREAM__WORKERS", "2")]).await;
+    let pid = server.child.id();
+    let workers = children_of(pid);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    // Four streams: the least loaded worker takes each, so two a worker.
+    let mut streams = Vec::new();
+    for u in &users {
+        for ep in ["desk", "phone"] {
+            let mut s = u.stream(ep, &[]).await.unwrap();
+            ready(&mut s).await;
+            u.join(room, ep, None).await.unwrap();
+            streams.push(s);
+        }
+    }
+    users[0].post_message(room, &post("before")).await.unwrap();
+    for s in &mut streams {
+        assert_eq!(messages(s, room, 1, 10).await[0].text, "before");
+    }
+
+    kill9(workers[0]);
+    // Exactly the streams of the killed worker end; the others carry on.
+    users[1].post_message(room, &post("during")).await.unwrap();
+    let mut ended = 0;
+    for s in &mut streams {
+        let item = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("each stream either ends or gets the message");
+        match item {
+            Ok(StreamItem::Event(Event::Message(m))) => assert_eq!(m.text, "during"),
+            Ok(StreamItem::Closed(..)) | Err(_) => ended += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ended, 2, "the killed worker held two of the four streams");
+
+    // A new worker replaces it.
+    assert!(
+        eventually(10, || {
+            let now = children_of(pid);
+            now.len() == 2 && !now.contains(&workers[0])
+        })
+        .await,
+        "no replacement worker: {:?}",
+        children_of(pid)
+    );
+
+    // The cut-off endpoints resume from what they saw and miss nothing.
+    for u in &users {
+        for ep in ["desk", "phone"] {
+            let mut s = u.stream(ep, &[(room, 1)]).await.unwrap();
+            let rooms = ready(&mut s).await;
+            assert_eq!(rooms, vec![(room, 2)]);
+            assert_eq!(messages(&mut s, room, 1, 10).await[0].text, "during");
+        }
+    }
+}
+
+#[tokio::test]
+async fn workers_leave_with_their_node() {
+    let mut server = TestServer::start_with(&[("PCHAT_STREAM__WORKERS", "2")]).await;
+    let workers = children_of(server.child.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let (users, _) = server.lobby(&["ann"]).await;
+    let mut s = users[0].stream("desk", &[]).await.unwrap();
+    ready(&mut s).await;
+    server.kill9();
+    assert!(
+        eventually(10, || workers.iter().all(|w| !alive(*w))).await,
+        "workers outlived their node"
+    );
+    // The client's socket, held by a worker, is closed too.
+    let end = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        matches!(end, Err(_) | Ok(StreamItem::Closed(..))),
+        "{end:?}"
+    );
+}
