@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::Recorder;
+use crate::retry::{self, Backoff, Failure};
 
 /// What one endpoint saw of one room. (Serialisable: a shard process sends
 /// its endpoints' views to the parent, which runs the checker.)
@@ -213,15 +214,19 @@ pub struct Pool {
     pub health: Arc<NodeHealth>,
     /// For rejoining rooms on another node after a move.
     pub http: reqwest::Client,
+    /// The run's seed, from which every endpoint's waits are drawn.
+    pub seed: u64,
 }
 
 /// Runs one endpoint's stream until `pool.stop` fires, on the node
 /// `pool.health` picks for `user` (its home node while that answers).
 /// `slot` (the endpoint's index in the whole run, over every shard) picks the
-/// source address. When the stream has to move to another node, the session
-/// does not exist there: the endpoint rejoins each room it was in with
-/// `since` = the last sequence number it saw (PC-9.3a), so it misses
-/// nothing. Returns when stopped.
+/// source address and seeds its waits. When the stream has to move to
+/// another node, the session does not exist there: the endpoint rejoins each
+/// room it was in with `since` = the last sequence number it saw (PC-9.3a),
+/// so it misses nothing. A lost stream is reopened after a jittered,
+/// growing delay, a refused one after the server's `Retry-After` plus
+/// jitter (PC-2.4c), never at once. Returns when stopped.
 pub async fn run_stream(
     pool: Arc<Pool>,
     ep: Arc<Endpoint>,
@@ -229,8 +234,11 @@ pub async fn run_stream(
     slot: usize,
     user: usize,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(retry::seed(pool.seed, retry::kind::STREAM, slot as u64));
     let mut last_node: Option<usize> = None;
+    // Since when the stream is down after it was lost (not before the
+    // first connection): the reconnect time.
+    let mut lost_at: Option<Instant> = None;
     while !pool.stop.is_cancelled() {
         let node = pool.health.pick(user);
         let Node { base, dest } = &pool.nodes[node];
@@ -256,23 +264,35 @@ pub async fn run_stream(
         let mut ws = match ws {
             Ok(ws) => ws,
             Err(e) => {
-                let why = connect_error(&e);
-                if why == "connect" {
-                    // Refused or unreachable: try another node next.
+                let failure = connect_failure(&e);
+                let wait = if failure.is_refusal() {
+                    backoff.after_refusal(failure.retry_after)
+                } else if failure.code == NODE_DOWN {
+                    // Refused or unreachable: another node next, soon.
                     pool.health.mark_down(node);
-                }
-                pool.recorder.failed("connect", &why);
+                    if pool.health.pick(user) != node {
+                        backoff.first_delay()
+                    } else {
+                        backoff.next_delay()
+                    }
+                } else {
+                    backoff.next_delay()
+                };
+                pool.recorder.retried("connect", &failure.code);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = pool.stop.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         pool.recorder
             .ok("connect", started.elapsed().as_micros() as u64);
-        backoff = Duration::from_millis(100);
+        if let Some(at) = lost_at.take() {
+            pool.recorder
+                .ok("reconnect", at.elapsed().as_micros() as u64);
+        }
+        let connected_at = Instant::now();
         pool.open.fetch_add(1, Ordering::Relaxed);
         let moved = last_node.is_some_and(|n| n != node) && !joined.is_empty();
         last_node = Some(node);
@@ -283,6 +303,7 @@ pub async fn run_stream(
                 token.clone(),
                 base.clone(),
                 joined.clone(),
+                slot,
             ))
         });
         let why = read_stream(&pool, &ep, &mut ws).await;
@@ -291,57 +312,90 @@ pub async fn run_stream(
         }
         pool.open.fetch_sub(1, Ordering::Relaxed);
         ep.connected.store(false, Ordering::Release);
-        match why {
-            None => {
-                // Stopped: close politely, briefly.
-                let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
-                return;
-            }
-            Some(reason) => pool.recorder.failed("stream", &reason),
+        let Some(reason) = why else {
+            // Stopped: close politely, briefly.
+            let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+            return;
+        };
+        pool.recorder.retried("stream", &reason);
+        lost_at = Some(Instant::now());
+        if connected_at.elapsed() >= STABLE_STREAM {
+            backoff.reset();
+        }
+        // Not at once: every client of a lost node would come back in the
+        // same instant.
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = pool.stop.cancelled() => return,
         }
     }
 }
 
+/// The code of a connection attempt refused or unreachable at the TCP
+/// level: the node is down.
+const NODE_DOWN: &str = "node_down";
+/// A stream that stayed open this long was a success: the waits before
+/// the next reconnect start short again.
+const STABLE_STREAM: Duration = Duration::from_secs(5);
+/// Failed attempts (refusals aside) after which a rejoin gives up.
+const REJOIN_TRIES: u32 = 8;
+/// The longest a rejoin keeps trying, refusals included.
+const REJOIN_GIVE_UP: Duration = Duration::from_secs(120);
+
 /// Joins `rooms` again on the node at `base` after the endpoint moved there,
-/// each from the last sequence number seen.
+/// each from the last sequence number seen. A refusal (busy, rate limited)
+/// is retried after its `Retry-After` plus jitter; other failures up to
+/// [`REJOIN_TRIES`] times, backing off. A rejoin that gives up is an error;
+/// the attempts before a success are only counted as retried.
 async fn rejoin_rooms(
     pool: Arc<Pool>,
     ep: Arc<Endpoint>,
     token: String,
     base: String,
     rooms: Vec<(u32, u64)>,
+    slot: usize,
 ) {
     // The stream's ready frame first, so it carries what follows each join.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ep.connected.load(Ordering::Acquire) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let mut backoff = Backoff::new(retry::seed(pool.seed, retry::kind::REJOIN, slot as u64));
     for (room, since) in rooms {
         let room_id = pool.room_ids[room as usize];
-        // A node that has just taken over may still be settling: a client
-        // tries again (backing off) rather than give up on the room.
-        let mut wait = Duration::from_millis(200);
-        let mut answer = None;
-        for _ in 0..8 {
+        let started = Instant::now();
+        let mut failures = 0;
+        let answer = loop {
             if pool.stop.is_cancelled() {
                 return;
             }
-            let started = Instant::now();
-            match rejoin_once(&pool, &ep, &token, &base, room_id, since).await {
-                Ok(v) => {
-                    pool.recorder
-                        .ok("rejoin", started.elapsed().as_micros() as u64);
-                    answer = Some(v);
-                    break;
-                }
-                Err(why) => pool.recorder.failed("rejoin", &why),
+            let failure = match rejoin_once(&pool, &ep, &token, &base, room_id, since).await {
+                Ok(v) => break Some(v),
+                Err(f) => f,
+            };
+            let wait = if failure.is_refusal() {
+                backoff.after_refusal(failure.retry_after)
+            } else {
+                // A node that has just taken over may still be settling.
+                failures += 1;
+                backoff.next_delay()
+            };
+            if failures >= REJOIN_TRIES || started.elapsed() + wait > REJOIN_GIVE_UP {
+                pool.recorder.failed("rejoin", &failure.code);
+                break None;
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
+            pool.recorder.retried("rejoin", &failure.code);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = pool.stop.cancelled() => return,
+            }
+        };
         let Some((last, history)) = answer else {
             continue;
         };
+        pool.recorder
+            .ok("rejoin", started.elapsed().as_micros() as u64);
+        backoff.reset();
         record_join(&ep, room, last, &history);
     }
 }
@@ -355,7 +409,8 @@ async fn rejoin_once(
     base: &str,
     room_id: u64,
     since: u64,
-) -> Result<(u64, Vec<u64>), String> {
+) -> Result<(u64, Vec<u64>), Failure> {
+    let io = |e: reqwest::Error| Failure::new(if e.is_timeout() { "timeout" } else { "io" });
     let resp = pool
         .http
         .post(format!("{base}/v1/rooms/{room_id}/join"))
@@ -363,12 +418,21 @@ async fn rejoin_once(
         .json(&serde_json::json!({ "endpoint": ep.name, "since": since }))
         .send()
         .await
-        .map_err(|_| "io".to_owned())?;
+        .map_err(io)?;
+    let status = resp.status().as_u16();
     if !resp.status().is_success() {
-        return Err(format!("http:{}", resp.status().as_u16()));
+        let header = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.unwrap_or_default();
+        return Err(Failure::from_answer(status, header.as_deref(), &body));
     }
-    let v: serde_json::Value = resp.json().await.map_err(|_| "bad_json".to_owned())?;
-    let last = v["last_seq"].as_u64().ok_or("bad_json")?;
+    let v: serde_json::Value = resp.json().await.map_err(|_| Failure::new("bad_json"))?;
+    let last = v["last_seq"]
+        .as_u64()
+        .ok_or_else(|| Failure::new("bad_json"))?;
     let history = v["messages"]
         .as_array()
         .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
@@ -376,19 +440,32 @@ async fn rejoin_once(
     Ok((last, history))
 }
 
-fn connect_error(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
-    if text.contains("Address already in use") || text.contains("Cannot assign requested address") {
-        "ports_exhausted".into()
-    } else if text.contains("Too many open files") {
-        "fd_limit".into()
-    } else if text.contains("429") {
-        "rate_limited".into()
-    } else if text.contains("503") {
-        "busy".into()
-    } else {
-        "connect".into()
+/// Why a stream could not be opened: the server's refusal (with what it
+/// asked for), a host limit of this process, a node that is down, or a
+/// failed handshake.
+fn connect_failure(e: &anyhow::Error) -> Failure {
+    if let Some(r) = e.downcast_ref::<crate::net::StreamRefused>() {
+        return Failure {
+            code: r
+                .code
+                .clone()
+                .unwrap_or_else(|| format!("http:{}", r.status)),
+            retry_after: r.retry_after,
+        };
     }
+    let text = format!("{e:#}");
+    let code = if text.contains("Address already in use")
+        || text.contains("Cannot assign requested address")
+    {
+        "ports_exhausted"
+    } else if text.contains("Too many open files") {
+        "fd_limit"
+    } else if text.starts_with("connect to") {
+        NODE_DOWN
+    } else {
+        "handshake"
+    };
+    Failure::new(code)
 }
 
 /// Reads frames until the stream ends (Some(reason)) or the run stops (None).

@@ -6,7 +6,10 @@
 //! - [`schedule`]: seeded arrivals and steady-state operations.
 //! - [`endpoints`]: the lean pool of event streams (one task per endpoint).
 //! - [`ops`]: the request/response operations, run as goose users.
-//! - [`record`]: HdrHistograms and counters per second and per window.
+//! - [`record`]: HdrHistograms and counters per second and per window;
+//!   errors apart from what clients retried.
+//! - [`retry`]: how a simulated client waits before trying again
+//!   (`Retry-After` plus jitter, jittered exponential reconnects).
 //! - [`check`]: the correctness checker (lost, duplicated, reordered, gaps).
 //! - [`shard`]: one generator shard's part of a step (the users `u` with
 //!   `u % shards == k`), run in this process or as a process of its own.
@@ -19,6 +22,7 @@ pub mod net;
 pub mod ops;
 pub mod procfs;
 pub mod record;
+pub mod retry;
 pub mod run;
 pub mod schedule;
 pub mod shard;

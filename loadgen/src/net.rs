@@ -6,9 +6,11 @@
 //! stream reads through a 4 KiB buffer and writes at once.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
@@ -57,6 +59,17 @@ pub async fn connect_stream(
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let Some(src) = source {
+        // Without this, binding to port 0 reserves a port of the source
+        // address for every destination: the source could then hold only
+        // one range of ephemeral ports in all (lingering closed sockets
+        // included). With it, the port is chosen at connect time, unique
+        // per (source, destination) pair. Where the option is missing, the
+        // stricter reservation stays.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
         socket
             .bind(SocketAddr::new(src, 0))
             .with_context(|| format!("bind source address {src}"))?;
@@ -69,14 +82,62 @@ pub async fn connect_stream(
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);
-    let (ws, resp) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-        .await
-        .context("websocket handshake")?;
+    let (ws, resp) =
+        match tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
+            Ok(answer) => answer,
+            Err(tungstenite::Error::Http(resp)) => return Err(StreamRefused::from(&*resp).into()),
+            Err(e) => return Err(anyhow::Error::new(e).context("websocket handshake")),
+        };
     if resp.status().as_u16() != 101 {
         bail!("stream refused: {}", resp.status());
     }
     Ok(ws)
 }
+
+/// The server answered a stream's upgrade request with an error instead of
+/// the upgrade (503 `busy` from an admission gate, 429, ...).
+#[derive(Debug)]
+pub struct StreamRefused {
+    pub status: u16,
+    /// The protocol error code of the answer's body, if it had one.
+    pub code: Option<String>,
+    /// What the answer's `retry_after_ms` (or `Retry-After`) asked for.
+    pub retry_after: Option<Duration>,
+}
+
+impl From<&tungstenite::http::Response<Option<Vec<u8>>>> for StreamRefused {
+    fn from(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> StreamRefused {
+        let body: Option<serde_json::Value> = resp
+            .body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok());
+        let error = body.as_ref().map(|b| &b["error"]);
+        let header = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok());
+        StreamRefused {
+            status: resp.status().as_u16(),
+            code: error.and_then(|e| e["code"].as_str()).map(str::to_owned),
+            retry_after: crate::retry::retry_after(
+                error.and_then(|e| e["retry_after_ms"].as_u64()),
+                header,
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream refused: {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StreamRefused {}
 
 /// Resolves `base` (`http://host:port`) to a socket address.
 pub async fn resolve(base: &str) -> anyhow::Result<SocketAddr> {

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::endpoints::{post_text, record_join, record_leave, Endpoint, PostTimes};
 use crate::record::Recorder;
+use crate::retry::{self, Backoff, Failure};
 use crate::schedule::{Op, OpKind};
 use crate::workload::Workload;
 
@@ -42,6 +43,8 @@ pub struct Shared {
     pub acks: Arc<Mutex<Vec<(u32, u64, u32)>>>,
     /// Largest lateness of an operation's start behind its intended time (µs).
     pub lag_max_us: AtomicU64,
+    /// The run's seed, from which every operation's waits are drawn.
+    pub seed: u64,
 }
 
 /// goose transactions are plain functions, so the current step's shared state
@@ -133,7 +136,12 @@ async fn next_operation(user: &mut GooseUser) -> TransactionResult {
         .as_micros() as u64;
     s.lag_max_us.fetch_max(lag, Ordering::Relaxed);
     let name = op.kind.name();
-    match perform(user, &s, op).await {
+    // The operation's own draws: the same seed waits the same way.
+    let mut cx = Attempts {
+        op: name,
+        backoff: Backoff::new(retry::seed(s.seed, retry::kind::OPERATION, i as u64)),
+    };
+    match perform(user, &s, op, &mut cx).await {
         Ok(()) => {
             let us = intended.elapsed().as_micros() as u64;
             s.recorder.ok(name, us);
@@ -143,100 +151,123 @@ async fn next_operation(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// Refusals (busy, rate limited) one operation honours before it fails.
+const MAX_REFUSALS: u32 = 6;
+
+/// What one operation's requests share: its name, under which retried
+/// attempts are counted, and its waits.
+struct Attempts {
+    op: &'static str,
+    backoff: Backoff,
+}
+
+/// One request of an operation.
+struct Request<'a> {
+    /// The simulated user sending it.
+    u: u32,
+    method: GooseMethod,
+    path: &'a str,
+    /// goose's name of the request.
+    name: &'static str,
+    token: &'a str,
+    body: Option<Value>,
+    expect: u16,
+}
+
 /// Sends one request through goose to user `u`'s node; answers the body on
 /// the expected status, else the protocol error code (or `http:<status>` /
-/// `timeout` / `io`). A node that cannot be reached is marked down and the
-/// request goes once more to the next node, as a client of a pool would.
-#[allow(clippy::too_many_arguments)]
+/// `timeout` / `io`). As a client of a pool would: a node that cannot be
+/// reached is marked down and the request goes to the next node; a refusal
+/// (503 busy, 429) is asked again after its `Retry-After` plus jitter, up to
+/// [`MAX_REFUSALS`] times. Those attempts are counted as retried; only the
+/// final failure is the operation's error.
 async fn call(
     user: &mut GooseUser,
     s: &Shared,
-    u: u32,
-    method: GooseMethod,
-    path: &str,
-    name: &'static str,
-    token: &str,
-    body: Option<Value>,
-    expect: u16,
+    cx: &mut Attempts,
+    req: Request<'_>,
 ) -> Result<Option<Value>, String> {
-    let node = s.health.pick(u as usize);
-    match call_node(
-        user,
-        s,
-        node,
-        method,
-        path,
-        name,
-        token,
-        body.clone(),
-        expect,
-    )
-    .await
-    {
-        Err(e) if e == "io" && s.nodes.len() > 1 => {
+    let mut refusals = 0;
+    let mut moved = false;
+    loop {
+        let node = s.health.pick(req.u as usize);
+        let failure = match call_node(user, s, node, &req).await {
+            Ok(v) => return Ok(v),
+            Err(f) => f,
+        };
+        if failure.code == "io" && s.nodes.len() > 1 && !moved {
             s.health.mark_down(node);
-            let next = s.health.pick(u as usize);
-            if next == node {
-                return Err(e);
+            if s.health.pick(req.u as usize) != node {
+                s.recorder.retried(cx.op, "node_down");
+                moved = true;
+                continue;
             }
-            call_node(user, s, next, method, path, name, token, body, expect).await
         }
-        other => other,
+        if failure.is_refusal() && refusals < MAX_REFUSALS {
+            refusals += 1;
+            s.recorder.retried(cx.op, &failure.code);
+            tokio::time::sleep(cx.backoff.after_refusal(failure.retry_after)).await;
+            continue;
+        }
+        return Err(failure.code);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn call_node(
     user: &mut GooseUser,
     s: &Shared,
     node: usize,
-    method: GooseMethod,
-    path: &str,
-    name: &'static str,
-    token: &str,
-    body: Option<Value>,
-    expect: u16,
-) -> Result<Option<Value>, String> {
-    let url = format!("{}{path}", s.nodes[node]);
+    req: &Request<'_>,
+) -> Result<Option<Value>, Failure> {
+    let url = format!("{}{}", s.nodes[node], req.path);
     let mut rb = user
-        .get_request_builder(&method, &url)
-        .map_err(|_| "request".to_owned())?
-        .bearer_auth(token)
+        .get_request_builder(&req.method, &url)
+        .map_err(|_| Failure::new("request"))?
+        .bearer_auth(req.token)
         .timeout(Duration::from_secs(30));
-    if let Some(b) = &body {
+    if let Some(b) = &req.body {
         rb = rb.json(b);
     }
-    let req = GooseRequest::builder()
-        .method(method)
+    let goose_req = GooseRequest::builder()
+        .method(req.method)
         .path(url.as_str())
-        .name(name)
-        .expect_status_code(expect)
+        .name(req.name)
+        .expect_status_code(req.expect)
         .set_request_builder(rb)
         .build();
-    let resp = user.request(req).await.map_err(|_| "request".to_owned())?;
+    let resp = user
+        .request(goose_req)
+        .await
+        .map_err(|_| Failure::new("request"))?;
     let resp = match resp.response {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Err("timeout".into()),
-        Err(_) => return Err("io".into()),
+        Err(e) if e.is_timeout() => return Err(Failure::new("timeout")),
+        Err(_) => return Err(Failure::new("io")),
     };
     let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.map_err(|_| "io".to_owned())?;
-    if status != expect {
-        let code = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("http:{status}"));
-        return Err(code);
+    let header = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.bytes().await.map_err(|_| Failure::new("io"))?;
+    if status != req.expect {
+        return Err(Failure::from_answer(status, header.as_deref(), &bytes));
     }
     if bytes.is_empty() {
         return Ok(None);
     }
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|_| "bad_json".to_owned())
+        .map_err(|_| Failure::new("bad_json"))
 }
 
-async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String> {
+async fn perform(
+    user: &mut GooseUser,
+    s: &Shared,
+    op: &Op,
+    cx: &mut Attempts,
+) -> Result<(), String> {
     let w = &s.workload;
     match op.kind {
         OpKind::Post { room, poster, post } => {
@@ -245,19 +276,16 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
                 "text": post_text(post, post % crate::schedule::SEARCH_TERMS),
                 "client_key": format!("{}p{post}", w.namespace),
             });
-            let v = call(
-                user,
-                s,
-                poster,
-                GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/messages"),
-                "post message",
-                &s.tokens[poster as usize],
-                Some(body),
-                201,
-            )
-            .await?
-            .ok_or("bad_json")?;
+            let req = Request {
+                u: poster,
+                method: GooseMethod::Post,
+                path: &format!("/v1/rooms/{room_id}/messages"),
+                name: "post message",
+                token: &s.tokens[poster as usize],
+                body: Some(body),
+                expect: 201,
+            };
+            let v = call(user, s, cx, req).await?.ok_or("bad_json")?;
             let seq = v["seq"].as_u64().ok_or("bad_json")?;
             s.acks
                 .lock()
@@ -273,33 +301,28 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
             let ep = s.endpoints[u as usize][endpoint as usize].clone();
             let room_id = s.room_ids[room as usize];
             let token = &s.tokens[u as usize];
-            call(
-                user,
-                s,
+            let leave = Request {
                 u,
-                GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/leave"),
-                "leave room",
+                method: GooseMethod::Post,
+                path: &format!("/v1/rooms/{room_id}/leave"),
+                name: "leave room",
                 token,
-                Some(json!({ "endpoint": ep.name })),
-                204,
-            )
-            .await?;
+                body: Some(json!({ "endpoint": ep.name })),
+                expect: 204,
+            };
+            call(user, s, cx, leave).await?;
             record_leave(&ep, room);
             let since = ep.log().rooms.get(&room).map(|v| v.max_seen).unwrap_or(0);
-            let v = call(
-                user,
-                s,
+            let join = Request {
                 u,
-                GooseMethod::Post,
-                &format!("/v1/rooms/{room_id}/join"),
-                "join room",
+                method: GooseMethod::Post,
+                path: &format!("/v1/rooms/{room_id}/join"),
+                name: "join room",
                 token,
-                Some(json!({ "endpoint": ep.name, "since": since })),
-                200,
-            )
-            .await?
-            .ok_or("bad_json")?;
+                body: Some(json!({ "endpoint": ep.name, "since": since })),
+                expect: 200,
+            };
+            let v = call(user, s, cx, join).await?.ok_or("bad_json")?;
             let last = v["last_seq"].as_u64().ok_or("bad_json")?;
             let history: Vec<u64> = v["messages"]
                 .as_array()
@@ -310,61 +333,53 @@ async fn perform(user: &mut GooseUser, s: &Shared, op: &Op) -> Result<(), String
         }
         OpKind::Participants { user: u, room } => {
             let room_id = s.room_ids[room as usize];
-            call(
-                user,
-                s,
+            let req = Request {
                 u,
-                GooseMethod::Get,
-                &format!("/v1/rooms/{room_id}/participants?limit=25"),
-                "participants",
-                &s.tokens[u as usize],
-                None,
-                200,
-            )
-            .await
-            .map(drop)
+                method: GooseMethod::Get,
+                path: &format!("/v1/rooms/{room_id}/participants?limit=25"),
+                name: "participants",
+                token: &s.tokens[u as usize],
+                body: None,
+                expect: 200,
+            };
+            call(user, s, cx, req).await.map(drop)
         }
-        OpKind::Presence { user: u, state } => call(
-            user,
-            s,
-            u,
-            GooseMethod::Put,
-            "/v1/me/presence",
-            "presence",
-            &s.tokens[u as usize],
-            Some(json!({ "state": state })),
-            200,
-        )
-        .await
-        .map(drop),
+        OpKind::Presence { user: u, state } => {
+            let req = Request {
+                u,
+                method: GooseMethod::Put,
+                path: "/v1/me/presence",
+                name: "presence",
+                token: &s.tokens[u as usize],
+                body: Some(json!({ "state": state })),
+                expect: 200,
+            };
+            call(user, s, cx, req).await.map(drop)
+        }
         OpKind::History { user: u, room } => {
             let room_id = s.room_ids[room as usize];
-            call(
-                user,
-                s,
+            let req = Request {
                 u,
-                GooseMethod::Get,
-                &format!("/v1/rooms/{room_id}/messages?limit=50"),
-                "history",
-                &s.tokens[u as usize],
-                None,
-                200,
-            )
-            .await
-            .map(drop)
+                method: GooseMethod::Get,
+                path: &format!("/v1/rooms/{room_id}/messages?limit=50"),
+                name: "history",
+                token: &s.tokens[u as usize],
+                body: None,
+                expect: 200,
+            };
+            call(user, s, cx, req).await.map(drop)
         }
-        OpKind::Search { user: u, term } => call(
-            user,
-            s,
-            u,
-            GooseMethod::Get,
-            &format!("/v1/search/messages?q=w{term}&limit=20"),
-            "search",
-            &s.tokens[u as usize],
-            None,
-            200,
-        )
-        .await
-        .map(drop),
+        OpKind::Search { user: u, term } => {
+            let req = Request {
+                u,
+                method: GooseMethod::Get,
+                path: &format!("/v1/search/messages?q=w{term}&limit=20"),
+                name: "search",
+                token: &s.tokens[u as usize],
+                body: None,
+                expect: 200,
+            };
+            call(user, s, cx, req).await.map(drop)
+        }
     }
 }

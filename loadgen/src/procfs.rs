@@ -17,58 +17,184 @@ pub fn fd_limit(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// CPU time (user + system) of `pid` in clock ticks, from /proc/<pid>/stat.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// From /proc/<pid>/stat: (CPU time, user + system, in clock ticks; start
+/// time since boot in clock ticks, which tells a process from a later one
+/// that got the same pid).
+fn stat_times(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; fields after its closing parenthesis
-    // are fixed: utime and stime are the 12th and 13th of them.
+    // are fixed: utime and stime are the 12th and 13th of them, starttime
+    // the 20th.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some((utime + stime, start))
+}
+
+/// The parent pid of `pid`, from /proc/<pid>/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether this kernel lists children in /proc/<pid>/task/<tid>/children
+/// (CONFIG_PROC_CHILDREN).
+fn kernel_lists_children() -> bool {
+    static LISTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LISTS.get_or_init(|| {
+        let me = std::process::id();
+        std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// The direct children of `pid`: from every thread's children list (a
+/// child belongs to the thread that forked it).
+fn children_listed(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Every live process under `roots`: the roots and all their descendants,
+/// each once, in ascending order. Processes started since the last call
+/// are found (a pool's replacement nodes, a server's worker processes).
+pub fn process_trees(roots: &[u32]) -> Vec<u32> {
+    let mut found: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut todo: Vec<u32> = roots
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    // Without children lists: one pass over every process's parent.
+    let by_parent: Option<std::collections::HashMap<u32, Vec<u32>>> = (!kernel_lists_children())
+        .then(|| {
+            let mut m: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                if let Some(parent) = parent_of(pid) {
+                    m.entry(parent).or_default().push(pid);
+                }
+            }
+            m
+        });
+    while let Some(pid) = todo.pop() {
+        if !found.insert(pid) {
+            continue;
+        }
+        match &by_parent {
+            Some(m) => todo.extend(m.get(&pid).into_iter().flatten()),
+            None => todo.extend(children_listed(pid)),
+        }
+    }
+    found.into_iter().collect()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`); 100 on every Linux we run on.
 const TICKS_PER_S: f64 = 100.0;
 
+/// Which processes a sampler reads.
+enum Scope {
+    /// These processes only.
+    Processes(Vec<u32>),
+    /// These processes and all their descendants, found anew each sample.
+    Trees(Vec<u32>),
+}
+
 /// Samples the CPU use of a set of processes between calls.
 pub struct CpuSampler {
+    scope: Scope,
+    /// The processes of the last sample.
     pids: Vec<u32>,
-    last_ticks: u64,
+    /// CPU ticks of each process (by pid and start time) at the last sample.
+    last_ticks: std::collections::HashMap<(u32, u64), u64>,
     last_at: Instant,
 }
 
 impl CpuSampler {
+    /// Samples exactly `pids`.
     pub fn new(pids: Vec<u32>) -> CpuSampler {
-        let last_ticks = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
-        CpuSampler {
-            pids,
-            last_ticks,
+        CpuSampler::start(Scope::Processes(pids))
+    }
+
+    /// Samples the process trees under `roots`: each root and every
+    /// process descending from it, including those started later (a
+    /// failover's backup nodes started by `pool local`, a node's stream
+    /// workers) and without those that ended.
+    pub fn trees(roots: Vec<u32>) -> CpuSampler {
+        CpuSampler::start(Scope::Trees(roots))
+    }
+
+    fn start(scope: Scope) -> CpuSampler {
+        let mut s = CpuSampler {
+            scope,
+            pids: Vec::new(),
+            last_ticks: Default::default(),
             last_at: Instant::now(),
+        };
+        s.pids = s.current();
+        s.last_ticks = read_ticks(&s.pids);
+        s
+    }
+
+    fn current(&self) -> Vec<u32> {
+        match &self.scope {
+            Scope::Processes(pids) => pids.clone(),
+            Scope::Trees(roots) => process_trees(roots),
         }
     }
 
+    /// The processes the last sample read.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
     /// CPU used since the previous call, in percent of one core (summed over
-    /// the processes; 200 means two cores busy).
+    /// the processes; 200 means two cores busy). A process that appeared
+    /// since then counts all its CPU time (it started in between); one that
+    /// ended counts nothing of its last interval (it cannot be read).
     pub fn sample(&mut self) -> f64 {
-        let ticks: u64 = self.pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+        self.pids = self.current();
+        let ticks = read_ticks(&self.pids);
+        let used: u64 = ticks
+            .iter()
+            .map(|(k, t)| t.saturating_sub(self.last_ticks.get(k).copied().unwrap_or(0)))
+            .sum();
         let now = Instant::now();
         let secs = now.duration_since(self.last_at).as_secs_f64();
-        let used = ticks.saturating_sub(self.last_ticks) as f64 / TICKS_PER_S;
         self.last_ticks = ticks;
         self.last_at = now;
         if secs <= 0.0 {
             0.0
         } else {
-            100.0 * used / secs
+            100.0 * (used as f64 / TICKS_PER_S) / secs
         }
     }
 
-    /// Summed RSS of the processes, in bytes.
+    /// Summed RSS of the processes of the last sample, in bytes.
     pub fn rss(&self) -> u64 {
         self.pids.iter().filter_map(|p| rss_bytes(*p)).sum()
     }
+}
+
+/// CPU ticks of each of `pids` that can be read, by (pid, start time).
+fn read_ticks(pids: &[u32]) -> std::collections::HashMap<(u32, u64), u64> {
+    pids.iter()
+        .filter_map(|p| stat_times(*p).map(|(ticks, start)| ((*p, start), ticks)))
+        .collect()
 }
 
 /// What this machine is, from /proc and the kernel.
@@ -126,6 +252,94 @@ mod tests {
         std::hint::black_box(x);
         let pct = s.sample();
         // Only that it saw some use: how much depends on the machine's load.
+        assert!(pct > 0.0, "cpu {pct}");
+    }
+
+    /// A shell in a process group of its own; the whole group is killed
+    /// when the test ends, however it ends.
+    struct Group(std::process::Child);
+
+    impl Group {
+        fn start(script: &str) -> Group {
+            use std::os::unix::process::CommandExt as _;
+            Group(
+                std::process::Command::new("sh")
+                    .args(["-c", script])
+                    .process_group(0)
+                    .spawn()
+                    .expect("start sh"),
+            )
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let group = format!("-{}", self.0.id());
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Waits (at most 10 s) until `done` holds.
+    fn eventually(mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_tree_holds_the_root_its_children_and_theirs() {
+        // sh, two sleeps it starts, and a sleep started by a child shell.
+        let sh = Group::start("sleep 30 & sleep 30 & sh -c 'sleep 30 & wait' & wait");
+        let root = sh.pid();
+        // The shells start their children on their own time.
+        eventually(|| process_trees(&[root]).len() >= 5);
+        let tree = process_trees(&[root]);
+        assert_eq!(tree.len(), 5, "sh, 2 sleeps, sh, its sleep: {tree:?}");
+        assert!(tree.contains(&root));
+        for pid in &tree {
+            let mut p = *pid;
+            while p != root {
+                p = parent_of(p).unwrap_or_else(|| panic!("{pid} left the tree"));
+                assert_ne!(p, 0, "{pid} does not descend from {root}");
+            }
+        }
+        // The sampler reads the same tree, not this process.
+        let s = CpuSampler::trees(vec![root]);
+        assert_eq!(s.pids(), tree.as_slice());
+        assert!(!tree.contains(&std::process::id()));
+        assert!(s.rss() > 0);
+        // A root that is gone has no tree.
+        drop(sh);
+        assert!(process_trees(&[root]).is_empty());
+    }
+
+    #[test]
+    fn a_process_started_under_a_root_after_the_last_sample_counts_its_cpu_time() {
+        // An idle shell that, later, starts one that burns CPU.
+        let sh = Group::start(
+            "sleep 0.3; sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 30' & wait",
+        );
+        let mut s = CpuSampler::trees(vec![sh.pid()]);
+        // A descendant that has used 50 ms of CPU: the burner.
+        let burner = || {
+            process_trees(&[sh.pid()])
+                .into_iter()
+                .filter(|p| *p != sh.pid())
+                .find(|p| stat_times(*p).is_some_and(|(ticks, _)| ticks >= 5))
+        };
+        eventually(|| burner().is_some());
+        let pid = burner().expect("the burner started and used CPU");
+        assert!(!s.pids().contains(&pid), "the burner was there before");
+        let pct = s.sample();
+        assert!(s.pids().contains(&pid), "{:?}", s.pids());
         assert!(pct > 0.0, "cpu {pct}");
     }
 }

@@ -1,6 +1,12 @@
 //! What a run measures while it runs: latency histograms per operation (for
-//! the current second and for the current measurement window), counts, and
-//! errors by code.
+//! the current second and for the current measurement window), counts,
+//! errors by code, and what clients retried and recovered from.
+//!
+//! An *error* is an operation that finally failed, as its user would see it.
+//! A failed attempt that the client retries (a refusal with `Retry-After`, a
+//! connection attempt to a node that is down, a lost stream before its
+//! reconnect) is *retried*: counted apart, by operation and reason, and not
+//! an error; if the retries end in failure, that failure is the error.
 //!
 //! Latencies are recorded in microseconds into HdrHistograms (3 significant
 //! digits, up to 10 minutes) and always measured from an operation's intended
@@ -24,6 +30,7 @@ fn histogram() -> Histogram<u64> {
 struct Counters {
     operations: BTreeMap<&'static str, u64>,
     errors: BTreeMap<String, u64>,
+    retried: BTreeMap<String, u64>,
     posts: u64,
     deliveries: u64,
     requests: u64,
@@ -52,6 +59,7 @@ pub struct SecondFigures {
     pub deliveries: u64,
     pub requests: u64,
     pub errors: u64,
+    pub retried: u64,
     pub post_ack: Option<Latency>,
     pub delivery: Option<Latency>,
 }
@@ -62,6 +70,8 @@ pub struct WindowFigures {
     pub latencies: BTreeMap<String, Latency>,
     pub operations: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Failed attempts retried (not errors), by `<operation>:<reason>`.
+    pub retried: BTreeMap<String, u64>,
 }
 
 /// A histogram that crosses process boundaries: HdrHistogram's V2 encoding
@@ -122,6 +132,8 @@ pub struct RawSecond {
     pub deliveries: u64,
     pub requests: u64,
     pub errors: u64,
+    #[serde(default)]
+    pub retried: u64,
     pub post_ack: Option<Hist>,
     pub delivery: Option<Hist>,
 }
@@ -140,6 +152,7 @@ impl RawSecond {
         self.deliveries += o.deliveries;
         self.requests += o.requests;
         self.errors += o.errors;
+        self.retried += o.retried;
         merge_opt(&mut self.post_ack, &o.post_ack);
         merge_opt(&mut self.delivery, &o.delivery);
     }
@@ -150,6 +163,7 @@ impl RawSecond {
             deliveries: self.deliveries,
             requests: self.requests,
             errors: self.errors,
+            retried: self.retried,
             post_ack: self.post_ack.as_ref().map(|h| summary(&h.0, false)),
             delivery: self.delivery.as_ref().map(|h| summary(&h.0, false)),
         }
@@ -162,6 +176,8 @@ pub struct RawWindow {
     pub latencies: BTreeMap<String, Hist>,
     pub operations: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub retried: BTreeMap<String, u64>,
 }
 
 impl RawWindow {
@@ -175,6 +191,9 @@ impl RawWindow {
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
         }
+        for (k, v) in &o.retried {
+            *self.retried.entry(k.clone()).or_insert(0) += v;
+        }
     }
 
     pub fn figures(&self) -> WindowFigures {
@@ -186,6 +205,7 @@ impl RawWindow {
                 .collect(),
             operations: self.operations.clone(),
             errors: self.errors.clone(),
+            retried: self.retried.clone(),
         }
     }
 }
@@ -239,7 +259,28 @@ impl Recorder {
         }
     }
 
-    /// A failed operation and why (a protocol error code, `timeout`, ...).
+    /// A completed operation without a latency of its own (an endpoint's
+    /// stream found open at the end of a window).
+    pub fn succeeded(&self, op: &'static str) {
+        let mut s = self.lock();
+        if s.in_window {
+            *s.window_counts.operations.entry(op).or_insert(0) += 1;
+        }
+    }
+
+    /// A failed attempt of `op` that the client retries, and why (`busy`,
+    /// `node_down`, `closed:1006`, ...): counted apart, not an error.
+    pub fn retried(&self, op: &'static str, why: &str) {
+        let key = format!("{op}:{why}");
+        let mut s = self.lock();
+        if s.in_window {
+            *s.window_counts.retried.entry(key.clone()).or_insert(0) += 1;
+        }
+        *s.second_counts.retried.entry(key).or_insert(0) += 1;
+    }
+
+    /// An operation that finally failed, and why (a protocol error code,
+    /// `timeout`, ...): an error.
     pub fn failed(&self, op: &'static str, code: &str) {
         let mut s = self.lock();
         s.second_counts.requests += 1;
@@ -263,6 +304,7 @@ impl Recorder {
             deliveries: c.deliveries,
             requests: c.requests,
             errors: c.errors.values().sum(),
+            retried: c.retried.values().sum(),
             post_ack: second.remove("post_ack").map(Hist),
             delivery: second.remove("delivery").map(Hist),
         }
@@ -289,6 +331,7 @@ impl Recorder {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             errors: c.errors,
+            retried: c.retried,
         }
     }
 
@@ -343,7 +386,10 @@ mod tests {
             r.ok("post_ack", i * 1000);
         }
         r.failed("post_ack", "rate_limited");
+        r.retried("join", "busy");
+        r.retried("join", "busy");
         r.set_window(false);
+        r.retried("join", "busy");
         r.ok("post_ack", 900_000);
         let w = r.take_window();
         let p = &w.latencies["post_ack"];
@@ -353,9 +399,13 @@ mod tests {
         assert_eq!(p.buckets.iter().map(|b| b.1).sum::<u64>(), 100);
         assert_eq!(w.operations["post_ack"], 101);
         assert_eq!(w.errors["post_ack:rate_limited"], 1);
+        // Retried attempts are counted apart: neither operations nor errors.
+        assert_eq!(w.retried["join:busy"], 2);
+        assert!(!w.operations.contains_key("join"));
         let s = r.take_second();
         assert_eq!(s.posts, 102);
         assert_eq!(s.errors, 1);
+        assert_eq!(s.retried, 3);
         assert!(r.take_second().post_ack.is_none());
     }
 
@@ -376,6 +426,8 @@ mod tests {
         }
         a.failed("post_ack", "busy");
         all.failed("post_ack", "busy");
+        b.retried("connect", "node_down");
+        all.retried("connect", "node_down");
         // Through the wire format, as a shard process sends it.
         let wire = |r: &Recorder| -> RawWindow {
             serde_json::from_str(&serde_json::to_string(&r.take_window_raw()).unwrap()).unwrap()
@@ -390,5 +442,7 @@ mod tests {
         assert_eq!(m.latencies["delivery"].count, 1000);
         assert_eq!(m.operations, w.operations);
         assert_eq!(m.errors, w.errors);
+        assert_eq!(m.retried, w.retried);
+        assert_eq!(m.retried["connect:node_down"], 1);
     }
 }

@@ -33,9 +33,15 @@ pub struct Target {
     pub backup_nodes: Vec<String>,
     /// A token of a Persistent Chat administrator (provisioning, tokens).
     pub admin_token: String,
-    /// Server processes on this machine whose CPU and RSS are sampled, one
-    /// per node; empty for an external target.
+    /// Server processes on this machine whose CPU and RSS are sampled,
+    /// each with every process descending from it (stream workers, the
+    /// nodes a pool's `pool local` starts, also after a failover): the
+    /// server's process, or a pool's `pool local`; empty for an external
+    /// target.
     pub server_pids: Vec<u32>,
+    /// Processes per node that hold its event streams: 1 for a node that
+    /// holds them itself, N for a node with N stream workers.
+    pub stream_processes: usize,
     /// How the report names the target.
     pub label: String,
 }
@@ -210,8 +216,8 @@ pub async fn run(
             workers: spec.workers,
             generators,
             can_spawn: spec.shard_command.is_some(),
-            // Each node is one process: the lowest limit must hold the
-            // fullest node's streams.
+            // The lowest limit must hold the fullest node's share per
+            // stream-holding process.
             server_limit: target
                 .server_pids
                 .iter()
@@ -344,11 +350,12 @@ fn preflight(w: &Workload, target: &Target, fit: &Fit) -> Option<String> {
         ));
     }
     let nodes = target.nodes().len();
-    let server_need = fullest_part(w, nodes) + FD_HEADROOM;
+    let per_node = target.stream_processes.max(1) as u64;
+    let server_need = fullest_part(w, nodes).div_ceil(per_node) + FD_HEADROOM;
     if let Some(limit) = fit.server_limit.filter(|l| *l > 0 && server_need > *l) {
         reasons.push(format!(
-            "a server node's process needs about {server_need} ({streams} streams over {nodes} \
-             node(s)) and may hold {limit}"
+            "a server process needs about {server_need} ({streams} streams over {nodes} \
+             node(s), {per_node} stream-holding process(es) each) and may hold {limit}"
         ));
     }
     if reasons.is_empty() {
@@ -356,8 +363,9 @@ fn preflight(w: &Workload, target: &Target, fit: &Fit) -> Option<String> {
     }
     Some(format!(
         "{streams} event streams do not fit: {}. Raise the open-file limit (ulimit -Hn, \
-         LimitNOFILE), or spread the streams over more processes: more server nodes (the pool, \
-         issue #4) and more load generator processes.",
+         LimitNOFILE), or spread the streams over more processes: stream workers \
+         (topology.stream_workers), more server nodes (the pool) and more load generator \
+         processes.",
         reasons.join("; ")
     ))
 }
@@ -595,12 +603,15 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
     if connected < wanted && !interrupt.is_cancelled() {
         limits.push(format!(
             "only {connected} of {wanted} endpoints were connected when the steady state began \
-             (see the connect errors: fd_limit or ports_exhausted name a host limit)"
+             (see the retried connects: fd_limit or ports_exhausted name a host limit)"
         ));
     }
+    // Connection attempts that hit a host limit are retried, so they are
+    // among the retried attempts (and among the errors if never recovered).
     if figures
         .errors
         .keys()
+        .chain(figures.retried.keys())
         .any(|k| k.ends_with("fd_limit") || k.ends_with("ports_exhausted"))
     {
         limits.push("the load generator ran out of file descriptors or ports".into());
@@ -614,6 +625,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         latencies: figures.latencies,
         operations: figures.operations,
         errors: figures.errors,
+        retried: figures.retried,
         correctness,
         server_cpu_mean_pct: 0.0,
         server_cpu_peak_pct: 0.0,
@@ -632,7 +644,7 @@ async fn sample_every_second(
     progress: Arc<Mutex<Progress>>,
     stop: CancellationToken,
 ) -> Vec<ProcessCpu> {
-    let mut server = CpuSampler::new(server_pids);
+    let mut server = CpuSampler::trees(server_pids);
     let mut me = CpuSampler::new(vec![std::process::id()]);
     let mut others: HashMap<u32, CpuSampler> = HashMap::new();
     let mut per_process = Vec::new();
@@ -863,6 +875,7 @@ mod tests {
             backup_nodes: Vec::new(),
             admin_token: String::new(),
             server_pids: vec![],
+            stream_processes: 1,
             label: "test".into(),
         }
     }
@@ -926,7 +939,13 @@ mod tests {
         // Sharded, only the single server process is short of files.
         let two = preflight(&w, &target(0), &fit(2)).expect("one server node cannot hold it");
         assert!(!two.contains("generator process(es) needs"), "{two}");
-        assert!(two.contains("server node"), "{two}");
+        assert!(two.contains("a server process needs"), "{two}");
+        // Two stream workers hold the node's 30,000 streams.
+        let workers = Target {
+            stream_processes: 2,
+            ..target(0)
+        };
+        assert_eq!(preflight(&w, &workers, &fit(2)), None);
         let no_limit = Fit {
             server_limit: None,
             ..fit(2)
@@ -950,5 +969,10 @@ mod tests {
         let four = preflight(&w, &target(4), &fit(g)).expect("30,000 a node does not fit");
         assert!(four.contains("over 4 node(s)"), "{four}");
         assert_eq!(preflight(&w, &target(8), &fit(g)), None);
+        let four_with_workers = Target {
+            stream_processes: 2,
+            ..target(4)
+        };
+        assert_eq!(preflight(&w, &four_with_workers, &fit(g)), None);
     }
 }

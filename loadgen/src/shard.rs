@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::{record_join, run_stream, Endpoint, Node, Pool, PostTimes, RoomView};
 use crate::record::{RawSecond, RawWindow, Recorder};
+use crate::retry::{self, Backoff, Failure};
 use crate::schedule::Schedule;
 use crate::workload::Workload;
 
@@ -169,6 +170,22 @@ pub struct EndpointViews {
 /// arrivals, few enough not to queue thousands of requests at the server.
 const JOINS_IN_FLIGHT: usize = 256;
 
+/// Refusals (busy, rate limited) a ramp's join honours before it fails.
+const RAMP_JOIN_REFUSALS: u32 = 6;
+
+/// Why a ramp's join failed, with the wait a refusal asked for.
+fn join_failure(e: &pchat_protocol::client::ClientError) -> Failure {
+    use pchat_protocol::client::ClientError;
+    match e {
+        ClientError::Api { body, .. } => Failure {
+            code: body.error.code.as_str().to_owned(),
+            retry_after: body.error.retry_after_ms.map(Duration::from_millis),
+        },
+        ClientError::Unexpected { status, .. } => Failure::new(format!("http:{status}")),
+        _ => Failure::new("io"),
+    }
+}
+
 /// Nanoseconds since the UNIX epoch at `at`.
 pub fn unix_ns(at: Instant) -> u64 {
     let now = SystemTime::now()
@@ -266,6 +283,7 @@ async fn run(
         room_ids: spec.room_ids.to_vec(),
         stop: CancellationToken::new(),
         open: AtomicU64::new(0),
+        seed: p.schedule_seed,
     });
     // Other shards' users get no endpoints here.
     let endpoints: Arc<Vec<Vec<Arc<Endpoint>>>> = Arc::new(
@@ -339,6 +357,11 @@ async fn run(
             join_limit.clone(),
             pool.stop.clone(),
         );
+        let mut backoff = Backoff::new(retry::seed(
+            p.schedule_seed,
+            retry::kind::RAMP_JOIN,
+            u as u64,
+        ));
         arrivals_done.push(tokio::spawn(async move {
             tokio::time::sleep_until(start.into()).await;
             // Joins follow the stream's ready frame, so the stream carries
@@ -352,22 +375,34 @@ async fn run(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 for &room in &rooms {
-                    let Ok(_permit) = limit.acquire().await else {
-                        return;
-                    };
                     let t = Instant::now();
-                    match client.join(room_ids[room as usize], &ep.name, None).await {
-                        Ok(j) => {
-                            recorder.ok("join", t.elapsed().as_micros() as u64);
-                            let seqs: Vec<u64> = j.messages.iter().map(|m| m.seq).collect();
-                            record_join(ep, room, j.last_seq, &seqs);
+                    // A refusal (busy, rate limited) is asked again after its
+                    // Retry-After plus jitter, a few times.
+                    let mut refusals = 0;
+                    loop {
+                        let Ok(permit) = limit.acquire().await else {
+                            return;
+                        };
+                        let failure =
+                            match client.join(room_ids[room as usize], &ep.name, None).await {
+                                Ok(j) => {
+                                    recorder.ok("join", t.elapsed().as_micros() as u64);
+                                    let seqs: Vec<u64> = j.messages.iter().map(|m| m.seq).collect();
+                                    record_join(ep, room, j.last_seq, &seqs);
+                                    break;
+                                }
+                                Err(e) => join_failure(&e),
+                            };
+                        drop(permit);
+                        if !failure.is_refusal() || refusals >= RAMP_JOIN_REFUSALS {
+                            recorder.failed("join", &failure.code);
+                            break;
                         }
-                        Err(e) => {
-                            let code = e
-                                .code()
-                                .map(|c| c.as_str().to_owned())
-                                .unwrap_or_else(|| "io".into());
-                            recorder.failed("join", &code);
+                        refusals += 1;
+                        recorder.retried("join", &failure.code);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff.after_refusal(failure.retry_after)) => {}
+                            _ = pool_stop.cancelled() => return,
                         }
                     }
                 }
@@ -419,6 +454,7 @@ async fn run(
         posts,
         acks: Arc::default(),
         lag_max_us: AtomicU64::new(0),
+        seed: p.schedule_seed,
     });
     if !stop.is_cancelled() {
         tokio::select! {
@@ -430,6 +466,16 @@ async fn run(
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(p.grace_ms)) => {}
         _ = stop.cancelled() => {}
+    }
+    // Every endpoint's stream is checked once at the end: one without it
+    // (lost and not back, or never opened) is what its user would notice,
+    // an error; the losses it recovered from are only retried.
+    for ep in endpoints.iter().flatten() {
+        if ep.connected.load(Ordering::Acquire) {
+            recorder.succeeded("stream");
+        } else {
+            recorder.failed("stream", "down");
+        }
     }
     recorder.set_window(false);
     let window_end_s = epoch.elapsed().as_secs_f64();

@@ -12,7 +12,7 @@ use scenarios::Slo;
 /// Latency keys shown first, in this order: the two the objective is about,
 /// then the rest of the load generator's keys. Unknown keys follow,
 /// alphabetically, so a new key still shows up.
-const KEY_ORDER: [&str; 8] = [
+const KEY_ORDER: [&str; 10] = [
     "delivery",
     "post_ack",
     "history",
@@ -21,6 +21,8 @@ const KEY_ORDER: [&str; 8] = [
     "participants",
     "presence",
     "connect",
+    "reconnect",
+    "rejoin",
 ];
 
 /// The two latency keys the objective and the timeline cover.
@@ -177,6 +179,31 @@ pub(crate) fn errors_by_code(step: &Step) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Failed attempts that clients retried in a step (not errors).
+pub(crate) fn retried_total(step: &Step) -> u64 {
+    step.retried.values().sum()
+}
+
+/// "1,200 connect:node_down, 35 join:busy": retried attempts by
+/// operation and reason, most frequent first, or "none".
+pub(crate) fn retried_by_reason(step: &Step) -> String {
+    if step.retried.is_empty() {
+        return "none".to_string();
+    }
+    let mut by_count: Vec<(&String, &u64)> = step.retried.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    by_count
+        .into_iter()
+        .map(|(reason, n)| format!("{} {reason}", count(*n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the retried attempts are, in words, for a report's reader.
+pub(crate) const RETRIED_MEANING: &str = "refusals honoured after their Retry-After, attempts \
+     on a node that was down, streams lost before their reconnect; a retry that finally failed \
+     counts once among the errors";
 
 /// The machine in one line.
 pub(crate) fn machine(m: &Machine) -> String {

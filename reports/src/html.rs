@@ -258,12 +258,12 @@ fn steps(h: &mut String, r: &RunResult) {
         h.push_str("<p>The run has no completed steps.</p>\n");
         return;
     }
-    h.push_str("<h3>Load and resources</h3>\n<table>\n<thead><tr><th>users</th><th>endpoints</th><th>rooms</th><th>window (s)</th><th>operations</th><th>errors</th><th>server CPU mean / peak (% of a core)</th><th>server RSS peak (MiB)</th></tr></thead>\n<tbody>\n");
+    h.push_str("<h3>Load and resources</h3>\n<table>\n<thead><tr><th>users</th><th>endpoints</th><th>rooms</th><th>window (s)</th><th>operations</th><th>errors</th><th>retried, not errors</th><th>server CPU mean / peak (% of a core)</th><th>server RSS peak (MiB)</th></tr></thead>\n<tbody>\n");
     for s in &r.steps {
         let errors = figures::errors_cell(s);
         let _ = writeln!(
             h,
-            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}–{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}–{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td></tr>",
             figures::count(s.users),
             figures::count(s.endpoints),
             figures::count(s.rooms),
@@ -271,6 +271,7 @@ fn steps(h: &mut String, r: &RunResult) {
             figures::num(s.window_end_s),
             figures::count(figures::operations_total(s)),
             escape(&errors),
+            figures::count(figures::retried_total(s)),
             figures::num(s.server_cpu_mean_pct),
             figures::num(s.server_cpu_peak_pct),
             figures::num(s.server_rss_peak_mib)
@@ -328,6 +329,32 @@ fn steps(h: &mut String, r: &RunResult) {
                     "<tr><td class=\"num\">{}</td><td><code>{}</code></td><td class=\"num\">{}</td></tr>",
                     figures::count(s.users),
                     escape(code),
+                    figures::count(*n)
+                );
+            }
+        }
+        h.push_str("</tbody>\n</table>\n");
+    }
+
+    h.push_str("<h3>Retried, not errors</h3>\n");
+    let _ = writeln!(
+        h,
+        "<p>Attempts the simulated clients retried, not counted as errors: {}.</p>",
+        escape(figures::RETRIED_MEANING)
+    );
+    if r.steps.iter().all(|s| s.retried.is_empty()) {
+        h.push_str("<p>No attempt was retried in any step's window.</p>\n");
+    } else {
+        h.push_str(
+            "<table>\n<thead><tr><th>users</th><th>operation:reason</th><th>count</th></tr></thead>\n<tbody>\n",
+        );
+        for s in &r.steps {
+            for (reason, n) in &s.retried {
+                let _ = writeln!(
+                    h,
+                    "<tr><td class=\"num\">{}</td><td><code>{}</code></td><td class=\"num\">{}</td></tr>",
+                    figures::count(s.users),
+                    escape(reason),
                     figures::count(*n)
                 );
             }

@@ -76,6 +76,22 @@ pub fn render(input: &ReportInput, charts: &RenderedCharts) -> String {
             );
         }
     }
+    let with_retries: Vec<_> = r.steps.iter().filter(|s| !s.retried.is_empty()).collect();
+    if !with_retries.is_empty() {
+        w!();
+        w!(
+            "Retried, not errors ({}):",
+            inline(figures::RETRIED_MEANING)
+        );
+        w!();
+        for s in with_retries {
+            w!(
+                "- {}: {}",
+                figures::users(s.users),
+                inline(&figures::retried_by_reason(s))
+            );
+        }
+    }
     let witnesses: Vec<(u64, &String)> = r
         .steps
         .iter()

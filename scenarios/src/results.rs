@@ -83,13 +83,26 @@ pub struct Step {
     pub window_end_s: f64,
     /// Latency summaries by operation. Keys used by the load generator:
     /// `post_ack`, `delivery`, `history`, `search`, `join`, `participants`,
-    /// `presence`, `connect`.
+    /// `presence`, `connect` (a stream's handshake), `rejoin` (a room joined
+    /// again after the endpoint moved to another node, from the first
+    /// attempt), `reconnect` (from a stream's loss to its next `ready`).
     pub latencies: BTreeMap<String, Latency>,
     /// Operations attempted in the window, by operation (same keys).
     pub operations: BTreeMap<String, u64>,
-    /// Failed operations in the window by error code (protocol error codes,
-    /// or `timeout`, `connect`, `closed:<code>`, `http:<status>`).
+    /// Operations that finally failed in the window, as
+    /// `<operation>:<code>` (protocol error codes, or `timeout`, `io`,
+    /// `http:<status>`; `stream:down` is an endpoint without its stream at
+    /// the window's end). The error objective is judged on these.
     pub errors: BTreeMap<String, u64>,
+    /// Failed attempts that clients retried, as `<operation>:<reason>`, not
+    /// counted as errors (a retry that finally failed is one error above):
+    /// refusals honoured after `Retry-After` (`join:busy`,
+    /// `connect:rate_limited`, ...), attempts on a node that was down
+    /// (`connect:node_down`, `post_ack:node_down`, ...) and lost streams
+    /// (`stream:closed:<code>`), each followed by a reconnect. Absent from
+    /// results written before it existed.
+    #[serde(default)]
+    pub retried: BTreeMap<String, u64>,
     /// What the receivers saw, checked against what was acknowledged.
     pub correctness: Correctness,
     /// Mean and peak CPU (percent of one core, summed over server

@@ -29,6 +29,9 @@
 //!                          # "enterprise": a pool on PostgreSQL, with
 //! # nodes = 4              #   1 to 4 active nodes
 //! # compliance = true      #   compliance recording on (any kind)
+//! # stream_workers = 2     #   worker processes holding each node's stream
+//!                          #   sockets (0: the node holds them); one process
+//!                          #   holds only as many as its open-file limit
 //!
 //! # [fault]                # optional, enterprise only: at steady state ...
 //! # kind = "kill-node"     # ... kill -9 one node (its clients move), or
@@ -141,6 +144,9 @@ pub struct Topology {
     pub nodes: usize,
     /// Compliance recording on during the run.
     pub compliance: bool,
+    /// Stream worker processes per node (reference-server
+    /// `stream.workers`; 0: the node process holds its sockets).
+    pub stream_workers: usize,
 }
 
 impl Default for Topology {
@@ -149,6 +155,7 @@ impl Default for Topology {
             kind: TopologyKind::Standard,
             nodes: 1,
             compliance: false,
+            stream_workers: 0,
         }
     }
 }
@@ -372,6 +379,7 @@ struct RawTopology {
     kind: Option<Spanned<String>>,
     nodes: Option<Spanned<u64>>,
     compliance: Option<bool>,
+    stream_workers: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -570,10 +578,25 @@ impl RawScenario {
                 ))
             }
         };
+        let stream_workers = match &self.topology.stream_workers {
+            None => 0,
+            Some(w) if kind == TopologyKind::External => {
+                return Err(c.bad(
+                    "topology.stream_workers",
+                    w,
+                    "an \"external\" server is configured by its operator, not by the scenario",
+                ))
+            }
+            Some(w) if *w.get_ref() > 16 => {
+                return Err(c.bad("topology.stream_workers", w, "at most 16 per node"))
+            }
+            Some(w) => *w.get_ref() as usize,
+        };
         let topology = Topology {
             kind,
             nodes,
             compliance: self.topology.compliance.unwrap_or(false),
+            stream_workers,
         };
         let fault = match &self.fault {
             None => None,
@@ -998,6 +1021,16 @@ max_error_pct = 0
         );
         let e = error(&format!("{GOOD}\n[topology]\nnodes = 2\n"));
         assert!(e.message.contains("only an \"enterprise\""), "{e}");
+        let e = error(&format!("{GOOD}\n[topology]\nstream_workers = 17\n"));
+        insta::assert_snapshot!(e, @"mine.toml:9:1: topology.stream_workers: at most 16 per node");
+        let e = error(&format!(
+            "{GOOD}\n[topology]\nkind = \"external\"\nstream_workers = 2\n"
+        ));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (10, Some("topology.stream_workers")),
+            "{e}"
+        );
         let e = error(&format!(
             "{GOOD}\n[topology]\nkind = \"enterprise\"\nnodes = 2\n[fault]\nkind = \"kill-node\"\nat_s = 5\nnode = 2\n"
         ));

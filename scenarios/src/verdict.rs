@@ -323,6 +323,7 @@ mod tests {
             .collect(),
             operations: [("post_ack".to_string(), 10_000)].into_iter().collect(),
             errors: Default::default(),
+            retried: Default::default(),
             correctness: Correctness {
                 acknowledged: 100,
                 expected_deliveries: 1000,

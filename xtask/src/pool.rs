@@ -36,6 +36,8 @@ pub struct PoolOptions {
     pub backup: bool,
     /// Leave a killed node down (node-loss studies).
     pub no_restart: bool,
+    /// Stream worker processes per node (`stream.workers`).
+    pub stream_workers: usize,
 }
 
 pub struct PoolProcess {
@@ -52,6 +54,10 @@ impl PoolProcess {
         opts: &PoolOptions,
         log: std::fs::File,
     ) -> anyhow::Result<PoolProcess> {
+        // `pool local` inherits this process's open-file limit, and the
+        // run reads the limit of the process it samples (`pids`): raise it
+        // to the hard limit first, as each node raises its own.
+        loadgen::net::raise_fd_limit();
         let dir = tempfile::Builder::new().prefix("pchat-pool-").tempdir()?;
         let ready_file = dir.path().join("ready.json");
         let mut cmd = Command::new(binary);
@@ -62,6 +68,7 @@ impl PoolProcess {
             .arg("--ready-file")
             .arg(&ready_file)
             .env("PCHAT_LOG__FILTER", "warn")
+            .env("PCHAT_STREAM__WORKERS", opts.stream_workers.to_string())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         if opts.compliance {
@@ -103,10 +110,12 @@ impl PoolProcess {
             .to_owned())
     }
 
-    /// The process ids to sample: the nodes (and, through them, nothing
-    /// else: PostgreSQL runs as another user's processes).
+    /// The process ids to sample, each with its descendants: `pool local`
+    /// itself, so that its nodes are found, the backup pool's nodes it
+    /// starts at a failover too, with their worker processes. (PostgreSQL
+    /// is not among them: `pg_ctl` leaves its server to init.)
     pub fn pids(&self) -> Vec<u32> {
-        self.ready.pids.clone()
+        vec![self.child.id()]
     }
 
     /// `kill -9` of one node.

@@ -59,8 +59,11 @@ impl ServerProcess {
     }
 
     /// Like [`ServerProcess::start_release`], logging into `log`.
-    pub fn start_release_logged(log: std::fs::File) -> anyhow::Result<ServerProcess> {
-        ServerProcess::start(&[], Stdio::from(log))
+    pub fn start_release_logged(
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start(env, Stdio::from(log))
     }
 
     /// The debug build of the server (tests: `cargo test --workspace` has

@@ -168,6 +168,7 @@ fn run_scenario(
                 backup_nodes: Vec::new(),
                 admin_token: token,
                 server_pids: Vec::new(),
+                stream_processes: 1,
                 label: format!("external server at {url}"),
             };
             (None, t)
@@ -186,6 +187,7 @@ fn run_scenario(
                     scenario.fault.map(|f| f.kind),
                     Some(FaultKind::KillNode { .. })
                 ),
+                stream_workers: scenario.topology.stream_workers,
             };
             let pool = crate::pool::PoolProcess::start(&binary, &opts, log)?;
             let t = Target {
@@ -194,9 +196,11 @@ fn run_scenario(
                 backup_nodes: pool.ready.backup_nodes.clone(),
                 admin_token: pool.admin_token()?,
                 server_pids: pool.pids(),
+                stream_processes: scenario.topology.stream_workers.max(1),
                 label: format!(
-                    "reference server pool: {} node(s) on PostgreSQL{}{}, release build",
+                    "reference server pool: {} node(s) on PostgreSQL{}{}{}, release build",
                     scenario.topology.nodes,
+                    workers_label(scenario.topology.stream_workers),
                     if opts.compliance {
                         ", compliance on"
                     } else {
@@ -214,14 +218,20 @@ fn run_scenario(
         }
         (None, TopologyKind::Standard) => {
             let log = std::fs::File::create(dir.join("server.log"))?;
-            let server = ServerProcess::start_release_logged(log)?;
+            let workers = scenario.topology.stream_workers.to_string();
+            let server =
+                ServerProcess::start_release_logged(&[("PCHAT_STREAM__WORKERS", &workers)], log)?;
             let t = Target {
                 base: server.base.clone(),
                 nodes: Vec::new(),
                 backup_nodes: Vec::new(),
                 admin_token: server.admin_token(),
                 server_pids: vec![server.pid()],
-                label: "reference server (one node, embedded SQLite store, release build)".into(),
+                stream_processes: scenario.topology.stream_workers.max(1),
+                label: format!(
+                    "reference server (one node, embedded SQLite store{}, release build)",
+                    workers_label(scenario.topology.stream_workers)
+                ),
             };
             (Some(server), t)
         }
@@ -385,6 +395,15 @@ fn run_scenario(
         lines.push(format!("  knee: {}", k.text));
     }
     Ok(lines.join("\n"))
+}
+
+/// ", N stream workers" for a target's label ("" for none).
+fn workers_label(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => ", 1 stream worker process".into(),
+        n => format!(", {n} stream worker processes"),
+    }
 }
 
 /// Strikes a fault at the pool and writes down what happened.
@@ -695,6 +714,7 @@ mod tests {
             backup_nodes: Vec::new(),
             admin_token: server.admin_token(),
             server_pids: vec![server.pid()],
+            stream_processes: 1,
             label: "reference server (test)".into(),
         };
         let spec = RunSpec {

@@ -183,6 +183,15 @@ fn step(users: u64, window: (f64, f64), scale: f64) -> Step {
         latencies,
         operations,
         errors,
+        retried: if users < 20_000 {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([
+                ("connect:node_down".to_string(), 120),
+                ("join:busy".to_string(), 35),
+                ("stream:closed:1006".to_string(), 90),
+            ])
+        },
         correctness,
         server_cpu_mean_pct: 4.0 + 150.0 * scale,
         server_cpu_peak_pct: 10.0 + 160.0 * scale,
