@@ -470,10 +470,13 @@ fn connect_failure(e: &anyhow::Error) -> Failure {
 
 /// Reads frames until the stream ends (Some(reason)) or the run stops (None).
 async fn read_stream(pool: &Pool, ep: &Endpoint, ws: &mut crate::net::Ws) -> Option<String> {
+    // Made once: a fan-out wakes every stream for a frame each.
+    let stopped = pool.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
             f = ws.next() => f,
-            _ = pool.stop.cancelled() => return None,
+            _ = &mut stopped => return None,
         };
         match frame {
             None => return Some("closed:eof".into()),

@@ -23,7 +23,7 @@
 //! union changes. Remote state of a node that stops announcing itself is
 //! dropped ([`Hub::drop_node`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -117,6 +117,116 @@ pub struct Conn {
     pub id: u64,
     pub tx: mpsc::Sender<Outbound>,
     pub close: Arc<CloseSignal>,
+    /// The route around the connection's task, for a relayed stream.
+    pub direct: Option<Arc<Direct>>,
+}
+
+impl Conn {
+    /// Queues an item for the connection. A message may take the direct
+    /// route instead; anything else, or a message that cannot, goes on the
+    /// queue and ends the direct route until the task has caught up.
+    fn push(&self, item: Outbound) -> Result<Route, mpsc::error::TrySendError<Outbound>> {
+        let Some(direct) = &self.direct else {
+            return self.tx.try_send(item).map(|()| Route::Queued);
+        };
+        let mut st = direct.lock();
+        if st.parked {
+            if let Outbound::Message { room, seq, frame } = &item {
+                if let Some(sent) = st.sent.as_mut() {
+                    // What the task would do with it (`http::stream`): drop
+                    // it when the endpoint is not in the room or has it
+                    // already, send it when it is the next one.
+                    match sent.get(room).copied() {
+                        None => return Ok(Route::Dropped),
+                        Some(done) if *seq <= done => return Ok(Route::Dropped),
+                        Some(done) if *seq == done + 1 && direct.send.try_send_text(frame) => {
+                            sent.insert(*room, *seq);
+                            return Ok(Route::Direct);
+                        }
+                        // A gap to fill from the store, or no credit left.
+                        Some(_) => {}
+                    }
+                }
+            }
+            st.parked = false;
+        }
+        // Under the lock: the task parks only while its queue is empty.
+        self.tx.try_send(item).map(|()| Route::Queued)
+    }
+}
+
+/// Where [`Conn::push`] put an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// On the connection's queue.
+    Queued,
+    /// Straight to the stream worker.
+    Direct,
+    /// Nowhere: the connection would have dropped it too.
+    Dropped,
+}
+
+/// The direct route of a relayed stream. A fan-out to thousands of
+/// endpoints would otherwise wake thousands of connection tasks for one
+/// frame each. While a connection's task is idle with an empty queue, it
+/// *parks* here what it last sent per joined room; a message that is the
+/// next one of its room then goes from the publishing hub straight to the
+/// stream worker (one credit, as the task would take), and the record moves
+/// on. Anything else (another event, a gap, a missing credit) ends the
+/// parking and goes on the queue behind everything sent so far; the task
+/// takes its record back before it handles the item, and parks again when
+/// its queue is empty. Each message is sent once and in order either way:
+/// both routes decide under this lock, and the task sends nothing while
+/// parked.
+pub struct Direct {
+    send: crate::relay::DirectSend,
+    state: Mutex<DirectState>,
+}
+
+#[derive(Default)]
+struct DirectState {
+    /// Messages may take the direct route.
+    parked: bool,
+    /// The task's record while it is parked (or until it takes it back).
+    sent: Option<HashMap<RoomId, u64>>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").finish_non_exhaustive()
+    }
+}
+
+impl Direct {
+    pub fn new(send: crate::relay::DirectSend) -> Direct {
+        Direct {
+            send,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirectState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task parks `sent` if `queue_empty()` holds (asked under the
+    /// lock, so nothing can be queued in between).
+    pub fn park(&self, sent: &mut HashMap<RoomId, u64>, queue_empty: impl FnOnce() -> bool) {
+        let mut st = self.lock();
+        if st.sent.is_none() && queue_empty() {
+            st.sent = Some(std::mem::take(sent));
+            st.parked = true;
+        }
+    }
+
+    /// The task takes its record back (before it handles a queued item).
+    pub fn unpark(&self, sent: &mut HashMap<RoomId, u64>) {
+        let mut st = self.lock();
+        st.parked = false;
+        if let Some(record) = st.sent.take() {
+            *sent = record;
+        }
+    }
 }
 
 /// One endpoint of one user: its joined rooms outlive a dropped connection
@@ -152,9 +262,12 @@ impl Session {
     fn deliver(&self, item: Outbound, metrics: &Metrics) -> bool {
         let mut st = self.lock();
         let Some(conn) = &st.conn else { return false };
-        match conn.tx.try_send(item) {
-            Ok(()) => {
+        match conn.push(item) {
+            Ok(route) => {
                 metrics.deliveries.inc();
+                if route == Route::Direct {
+                    metrics.direct_deliveries.inc();
+                }
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -187,6 +300,9 @@ pub struct RoomLive {
     participants: HashMap<UserId, u32>,
     /// Participants through other nodes of the pool: name and the nodes.
     remote: HashMap<UserId, (String, HashSet<String>)>,
+    /// Every participant, through this node or another, ordered by name:
+    /// a page of the participant list costs its length, not the room's.
+    by_name: BTreeSet<(String, UserId)>,
     /// Whether join/leave/presence notifications flow (PC-12.3 hysteresis).
     notify: bool,
 }
@@ -396,6 +512,11 @@ impl Hub {
         }
         let after = live.participants.contains_key(&user) || live.remote.contains_key(&user);
         if before != after {
+            if after {
+                live.by_name.insert((name.clone(), user));
+            } else {
+                live.by_name.remove(&(name.clone(), user));
+            }
             let limit = self.update_limit();
             if joined {
                 update_notify(&mut live, limit);
@@ -669,12 +790,13 @@ impl Hub {
     }
 
     /// Attaches a new stream to a session, replacing (and closing) any older one.
-    pub fn attach(&self, session: &Arc<Session>) -> Attached {
+    pub fn attach(&self, session: &Arc<Session>, direct: Option<Arc<Direct>>) -> Attached {
         let (tx, rx) = mpsc::channel(self.queue);
         let conn = Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
             close: Arc::new(CloseSignal::default()),
+            direct,
         };
         let (rooms, replaced) = {
             let mut st = session.lock();
@@ -801,7 +923,7 @@ impl Hub {
             match &st.conn {
                 Some(conn) => {
                     // Under the room lock: nothing for this room can be queued before it.
-                    if conn.tx.try_send(Outbound::Joined { room, upto }).is_err() {
+                    if conn.push(Outbound::Joined { room, upto }).is_err() {
                         conn.close.fire(close::SLOW_CONSUMER);
                         st.conn = None;
                         st.join_points.insert(room, upto);
@@ -816,6 +938,10 @@ impl Hub {
             let count = live.participants.entry(session.user).or_insert(0);
             *count += 1;
             if *count == 1 {
+                if !live.remote.contains_key(&session.user) {
+                    live.by_name
+                        .insert((session.user_name.clone(), session.user));
+                }
                 self.metrics.participants.inc();
                 self.note(room, &session.user_name, true);
                 self.announce(BusEvent::Participant {
@@ -849,7 +975,7 @@ impl Hub {
             st.rooms.remove(&room);
             st.join_points.remove(&room);
             if let Some(conn) = &st.conn {
-                if conn.tx.try_send(Outbound::Left { room, reason }).is_err() {
+                if conn.push(Outbound::Left { room, reason }).is_err() {
                     conn.close.fire(close::SLOW_CONSUMER);
                     st.conn = None;
                 }
@@ -871,6 +997,9 @@ impl Hub {
             None => false,
         };
         if gone {
+            if !live.remote.contains_key(&user) {
+                live.by_name.remove(&(session.user_name.clone(), user));
+            }
             self.metrics.participants.dec();
             self.note(room, &session.user_name, false);
             self.announce(BusEvent::Participant {
@@ -963,17 +1092,24 @@ impl Hub {
         }
     }
 
-    /// Participants of a room (user ids), and whether notifications flow.
-    pub fn participants(&self, room: RoomId) -> Vec<UserId> {
+    /// How many participants a room has, and the first of them by name
+    /// for which `keep` holds, at most `limit`.
+    pub fn participants_page(
+        &self,
+        room: RoomId,
+        limit: usize,
+        mut keep: impl FnMut(UserId) -> bool,
+    ) -> (usize, Vec<UserId>) {
         let live = self.room(room);
         let live = live.lock().expect("room lock poisoned");
-        let mut all: Vec<UserId> = live.participants.keys().copied().collect();
-        all.extend(
-            live.remote
-                .keys()
-                .filter(|u| !live.participants.contains_key(u)),
-        );
-        all
+        let page = live
+            .by_name
+            .iter()
+            .map(|(_, u)| *u)
+            .filter(|u| keep(*u))
+            .take(limit)
+            .collect();
+        (live.by_name.len(), page)
     }
 
     pub fn participant_count(&self, room: RoomId) -> usize {
@@ -1070,12 +1206,7 @@ impl Hub {
 
 /// Participants through this node or any other.
 fn participant_total(live: &RoomLive) -> usize {
-    live.participants.len()
-        + live
-            .remote
-            .keys()
-            .filter(|u| !live.participants.contains_key(u))
-            .count()
+    live.by_name.len()
 }
 
 fn update_notify(live: &mut RoomLive, limit: usize) {

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Streams whose socket was handed to a stream worker.
     pub streams_relayed: Counter,
+    /// Messages the hub sent straight to a stream worker, around the
+    /// connection's task (`hub::Direct`).
+    pub direct_deliveries: Counter,
     pub heartbeat_timeouts: Counter,
     pub rate_limited: Counter,
     pub store_pending: Gauge,
@@ -75,6 +78,7 @@ impl Metrics {
             deliveries: Counter::default(),
             slow_consumer_closes: Counter::default(),
             streams_relayed: Counter::default(),
+            direct_deliveries: Counter::default(),
             heartbeat_timeouts: Counter::default(),
             rate_limited: Counter::default(),
             store_pending: Gauge::default(),
@@ -120,6 +124,11 @@ impl Metrics {
             "streams_relayed",
             "Streams whose socket was handed to a stream worker",
             m.streams_relayed.clone(),
+        );
+        registry.register(
+            "direct_deliveries",
+            "Messages sent straight to a stream worker, around the connection's task",
+            m.direct_deliveries.clone(),
         );
         registry.register(
             "heartbeat_timeouts",

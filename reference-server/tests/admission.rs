@@ -70,19 +70,6 @@ fn check_joined(j: &wire::Joined, room: u64) {
 }
 
 /// The value of an unlabelled metric, or of one with exactly `labels`.
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn joins_beyond_the_admission_bound_are_refused_without_effect_and_succeed_when_retried() {
     let server = TestServer::start_with(&[

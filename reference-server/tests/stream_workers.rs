@@ -1,9 +1,11 @@
 //! Stream workers (`stream.workers`): a node hands its stream sockets to
 //! child processes. What a client sees is covered by the conformance suite
-//! against a node with workers; these are the failures of the processes.
+//! against a node with workers; these are the failures of the processes,
+//! and the hand-over between the hub's direct route and a connection's task.
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pchat_protocol::client::StreamItem;
@@ -141,4 +143,110 @@ async fn workers_leave_with_their_node() {
         matches!(end, Err(_) | Ok(StreamItem::Closed(..))),
         "{end:?}"
     );
+}
+
+/// On a relayed stream, messages take the hub's direct route while the
+/// connection's task is idle, and go through the task when other events,
+/// joins or gaps come between them (`hub::Direct`). However the two
+/// interleave, every message arrives once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_between_other_events_arrive_once_and_in_order() {
+    let server = TestServer::start_with(&[
+        ("PCHAT_STREAM__WORKERS", "1"),
+        ("PCHAT_LIMITS__POST_RATE_PER_S", "1000"),
+        ("PCHAT_LIMITS__POST_BURST", "1000"),
+        ("PCHAT_LIMITS__REQUEST_RATE_PER_S", "1000"),
+        ("PCHAT_LIMITS__REQUEST_BURST", "1000"),
+    ])
+    .await;
+    let (users, lobby) = server.lobby(&["ann", "bob", "cid"]).await;
+    let cat = server.category("more", serde_json::json!({})).await;
+    let open = serde_json::json!({ "privacy": "open" });
+    let side = server.room("side", cat, open.clone()).await;
+    let late = server.room("late", cat, open).await;
+    let reader = &users[0];
+    let mut s = reader.stream("desk", &[]).await.unwrap();
+    ready(&mut s).await;
+    for room in [lobby, side] {
+        reader.join(room, "desk", None).await.unwrap();
+    }
+    const EACH: usize = 150;
+    let mut tasks = Vec::new();
+    for (poster, room) in [(&users[1], lobby), (&users[2], side), (&users[1], side)] {
+        let poster = poster.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                poster
+                    .post_message(room, &post(&format!("m{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    // Presence events for the reader between the messages, and a room
+    // joined in the middle (its messages start at the join point).
+    let bob = users[1].clone();
+    tasks.push(tokio::spawn(async move {
+        for i in 0..60 {
+            let state = if i % 2 == 0 { "busy" } else { "available" };
+            bob.call::<serde_json::Value>(
+                reqwest::Method::PUT,
+                "/v1/me/presence",
+                Some(&serde_json::json!({ "state": state })),
+            )
+            .await
+            .unwrap();
+        }
+    }));
+    let (cid, joiner) = (users[2].clone(), reader.clone());
+    tasks.push(tokio::spawn(async move {
+        for i in 0..40 {
+            if i == 10 {
+                joiner.join(late, "desk", None).await.unwrap();
+            }
+            cid.post_message(late, &post(&format!("l{i}")))
+                .await
+                .unwrap();
+        }
+    }));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last = |room| async move { users[2].history(room, "limit=1").await.unwrap() };
+    let late_last = last(late).await.messages[0].seq;
+    let mut want: HashMap<u64, u64> = [(lobby, EACH as u64), (side, 2 * EACH as u64)].into();
+    let mut got: HashMap<u64, Vec<u64>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = want
+            .iter()
+            .all(|(r, n)| got.get(r).and_then(|v| v.last()) == Some(n))
+            && got.get(&late).and_then(|v| v.last()) == Some(&late_last);
+        if done {
+            break;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.next()).await {
+            Ok(Ok(StreamItem::Event(Event::Message(m)))) => {
+                got.entry(m.room).or_default().push(m.seq)
+            }
+            Ok(Ok(StreamItem::Event(_))) => {}
+            other => panic!("stream ended or stalled: {other:?}; got {got:?}"),
+        }
+    }
+    want.insert(late, late_last);
+    for (room, last) in want {
+        let seqs = &got[&room];
+        let first = seqs[0];
+        let expected: Vec<u64> = (first..=last).collect();
+        assert_eq!(
+            seqs, &expected,
+            "room {room}: not every message once, in order"
+        );
+        if room != late {
+            assert_eq!(first, 1, "room {room} starts at its first message");
+        }
+    }
+    // The direct route carried messages (the queue carried the rest).
+    assert!(metric(&server, "pchat_direct_deliveries_total").await > 0.0);
 }

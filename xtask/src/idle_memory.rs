@@ -102,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             base: server.base.clone(),
             endpoints: chunk.to_vec(),
             first_index: connected,
+            measure: false,
         };
         let started = Instant::now();
         let worker = spawn_worker(&spec)?;
@@ -200,7 +201,7 @@ fn slope(points: &[Point]) -> f64 {
     }
 }
 
-async fn provision(
+pub async fn provision(
     server: &ServerProcess,
     users: usize,
     rooms: usize,
@@ -230,15 +231,40 @@ pub struct WorkerEndpoint {
     room: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-pub struct WorkerSpec {
-    base: String,
-    endpoints: Vec<WorkerEndpoint>,
-    /// Index of the first endpoint overall, for spreading source addresses.
-    first_index: usize,
+impl WorkerEndpoint {
+    pub fn new(token: String, endpoint: String, room: u64) -> WorkerEndpoint {
+        WorkerEndpoint {
+            token,
+            endpoint,
+            room,
+        }
+    }
 }
 
-fn spawn_worker(spec: &WorkerSpec) -> anyhow::Result<Child> {
+#[derive(Serialize, Deserialize, Debug)]
+pub struct WorkerSpec {
+    pub base: String,
+    pub endpoints: Vec<WorkerEndpoint>,
+    /// Index of the first endpoint overall, for spreading source addresses.
+    pub first_index: usize,
+    /// Record the latency of every message whose text is
+    /// `fanout <unix ns of its intended send time>` (`cargo xtask fanout`);
+    /// on a line `report` on stdin, print them as one line of JSON
+    /// ([`Deliveries`]).
+    #[serde(default)]
+    pub measure: bool,
+}
+
+/// What a measuring worker received.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct Deliveries {
+    /// Latency from the intended send time to arrival, in microseconds.
+    pub latency: loadgen::record::Hist,
+    /// Messages received, per endpoint (in the spec's order).
+    pub per_endpoint: Vec<u64>,
+}
+
+pub fn spawn_worker(spec: &WorkerSpec) -> anyhow::Result<Child> {
     let file = tempfile::NamedTempFile::new()?;
     serde_json::to_writer(&file, spec)?;
     let (_, path) = file.keep()?;
@@ -250,7 +276,9 @@ fn spawn_worker(spec: &WorkerSpec) -> anyhow::Result<Child> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("start an idle-worker process")?;
-    let stdout = child.stdout.take().expect("piped stdout");
+    // The worker writes nothing after this line until it is asked to, so
+    // the reader takes no more than the line and stdout stays usable.
+    let stdout = child.stdout.as_mut().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let _ = std::fs::remove_file(&path);
@@ -303,17 +331,63 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
         println!("connected {}", streams.len());
         std::io::stdout().flush()?;
         // Read every stream so pings are answered; stop when stdin closes.
-        for mut ws in streams {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Deliveries {
+            per_endpoint: vec![0; streams.len()],
+            ..Deliveries::default()
+        }));
+        for (i, mut ws) in streams.into_iter().enumerate() {
+            let seen = seen.clone();
+            let measure = spec.measure;
             tokio::spawn(async move {
                 use futures_util::StreamExt;
-                while let Some(Ok(_)) = ws.next().await {}
+                while let Some(Ok(frame)) = ws.next().await {
+                    if !measure {
+                        continue;
+                    }
+                    if let Some(sent_ns) = frame.to_text().ok().and_then(fanout_sent_ns) {
+                        let us = unix_ns().saturating_sub(sent_ns) / 1000;
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        seen.latency.0.saturating_record(us.max(1));
+                        seen.per_endpoint[i] += 1;
+                    }
+                }
             });
         }
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let mut buf = String::new();
-        let _ = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut buf).await;
+        while tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut buf).await? > 0 {
+            if buf.trim() == "report" {
+                let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                println!("{}", serde_json::to_string(&*seen)?);
+                std::io::stdout().flush()?;
+            }
+            buf.clear();
+        }
         anyhow::Ok(())
     })
+}
+
+/// Nanoseconds since the UNIX epoch.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The intended send time of a `cargo xtask fanout` message frame.
+fn fanout_sent_ns(frame: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Frame<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(borrow)]
+        text: Option<&'a str>,
+    }
+    let f: Frame<'_> = serde_json::from_str(frame).ok()?;
+    (f.kind == "message")
+        .then_some(f.text?)
+        .and_then(|t| t.strip_prefix("fanout "))
+        .and_then(|n| n.parse().ok())
 }
 
 fn write_report(dir: &Path, r: &IdleMemory) -> anyhow::Result<()> {

@@ -2,8 +2,11 @@
 //!
 //! - `sizing-report` ([`sizing`]): runs scenarios and writes sizing reports.
 //! - `idle-memory` ([`idle_memory`]): the server's RSS per idle endpoint.
+//! - `fanout` ([`fanout`]): delivery latency of one message to every
+//!   endpoint of one large room, and its CPU cost.
 //! - `server` / `util`: shared helpers (a release server process, tokens).
 
+mod fanout;
 mod idle_memory;
 mod pool;
 mod server;
@@ -27,6 +30,9 @@ enum Task {
     /// Measure the reference server's resident memory per idle endpoint and
     /// write reports/idle-memory.md.
     IdleMemory(idle_memory::Args),
+    /// Measure how fast one node fans messages out to every endpoint of one
+    /// large room (latency percentiles, CPU per delivery).
+    Fanout(fanout::Args),
     /// (internal) A client worker process of idle-memory.
     #[command(hide = true)]
     IdleWorker {
@@ -48,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::SizingReport(args) => sizing::run(args),
         Task::IdleMemory(args) => idle_memory::run(args),
+        Task::Fanout(args) => fanout::run(args),
         Task::IdleWorker { spec } => idle_memory::worker(&spec),
         Task::LoadgenShard { spec, shard } => loadgen::shard::process_main(&spec, shard),
     }

@@ -695,16 +695,13 @@ impl App {
             if !access.read {
                 return Err(deny(access, "list participants"));
             }
-            let ids = self.hub.participants(room);
-            let count = ids.len() as u64;
-            let mut people: Vec<(&str, UserId)> = ids
+            let (count, page) = self
+                .hub
+                .participants_page(room, limit, |u| dir.users.contains_key(&u));
+            let count = count as u64;
+            let participants = page
                 .into_iter()
                 .filter_map(|u| dir.users.get(&u).map(|rec| (rec.name.as_str(), u)))
-                .collect();
-            people.sort_unstable();
-            people.truncate(limit);
-            let participants = people
-                .into_iter()
                 .map(|(name, u)| wire::Participant {
                     user: name.to_owned(),
                     display_name: dir

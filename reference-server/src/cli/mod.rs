@@ -127,20 +127,9 @@ fn stream_worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the file descriptor limit");
     }
-    // Ctrl-C in a terminal reaches the whole process group: the worker
-    // leaves when its node closes the link, not before.
-    let rt = runtime()?;
-    rt.block_on(async move {
-        tokio::spawn(async {
-            loop {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        });
-        reference_server::relay::worker::run(reference_server::relay::worker::Options {
-            read_buffer_bytes: args.read_buffer_bytes,
-            max_frame_bytes: args.max_frame_bytes,
-        })
-        .await
+    reference_server::relay::worker::main(reference_server::relay::worker::Options {
+        read_buffer_bytes: args.read_buffer_bytes,
+        max_frame_bytes: args.max_frame_bytes,
     })
 }
 

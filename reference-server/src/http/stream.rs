@@ -30,7 +30,7 @@ use crate::admission::Admitted;
 use crate::app::{views, App, Caller};
 use crate::domain::RoomId;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::{to_frame, Outbound, Session};
+use crate::hub::{to_frame, Direct, Outbound, Session};
 use crate::relay::{Incoming, Relayed};
 use crate::store::Slice;
 
@@ -248,9 +248,12 @@ impl Socket {
 struct Connection {
     app: Arc<App>,
     socket: Socket,
-    /// Per joined room: the last sequence number sent.
+    /// Per joined room: the last sequence number sent (parked in `direct`
+    /// while the task is idle).
     delivered: HashMap<RoomId, u64>,
     last_heard: Instant,
+    /// The hub's direct route to this relayed stream.
+    direct: Option<Arc<Direct>>,
 }
 
 impl Connection {
@@ -262,7 +265,15 @@ impl Connection {
         socket: Socket,
         turn: Admitted,
     ) {
-        let attached = app.hub.attach(&session);
+        // A relayed stream gets the direct route (the bug-injection build
+        // keeps every message on the task, where its injections act).
+        let direct = match &socket {
+            Socket::Relayed(r) if !cfg!(feature = "bug-injection") => {
+                Some(Arc::new(Direct::new(r.direct())))
+            }
+            _ => None,
+        };
+        let attached = app.hub.attach(&session, direct.clone());
         app.metrics.connections.inc();
         let conn = attached.conn.clone();
         let mut rx = attached.rx;
@@ -271,6 +282,7 @@ impl Connection {
             socket,
             delivered: HashMap::new(),
             last_heard: Instant::now(),
+            direct,
         };
         tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream connected");
         let started = me.start(&session, &attached.rooms, &resume).await;
@@ -406,10 +418,18 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let shutdown = self.app.shutdown.clone();
+        // Made once, not per event: a fan-out wakes every connection.
+        let closed = close_signal.fired();
+        tokio::pin!(closed);
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
+            if let Some(direct) = &self.direct {
+                direct.park(&mut self.delivered, || rx.is_empty());
+            }
             let step: Result<(), End> = tokio::select! {
                 biased;
-                _ = close_signal.fired() => {
+                _ = &mut closed => {
                     let code = close_signal.code();
                     let reason = match code {
                         close::REPLACED => "replaced by a newer connection",
@@ -420,10 +440,15 @@ impl Connection {
                     };
                     Err(End::Close(code, reason))
                 }
-                _ = shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                _ = &mut stopping => Err(End::Close(close::GOING_AWAY, "server shutting down")),
                 item = rx.recv() => match item {
                     None => Err(End::Close(close::SLOW_CONSUMER, "slow consumer")),
-                    Some(item) => self.outbound(item).await,
+                    Some(item) => {
+                        if let Some(direct) = &self.direct {
+                            direct.unpark(&mut self.delivered);
+                        }
+                        self.outbound(item).await
+                    }
                 },
                 heard = self.socket.recv() => match heard {
                     Incoming::Gone => Err(End::Gone),

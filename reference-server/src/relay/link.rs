@@ -55,16 +55,10 @@ pub mod to_node {
 
 /// Bytes before the payload: kind and channel.
 const HEAD: usize = 1 + 8;
+/// The length of a frame without payload, length prefix included.
+pub const EMPTY_FRAME: usize = 4 + HEAD;
 /// Largest frame accepted from the other side.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
-
-/// One decoded frame.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Frame {
-    pub kind: u8,
-    pub channel: u64,
-    pub payload: Vec<u8>,
-}
 
 /// Appends a frame to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: u8, channel: u64, payload: &[u8]) {
@@ -75,9 +69,10 @@ pub fn encode(out: &mut Vec<u8>, kind: u8, channel: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Splits complete frames off the front of `buf`.
-pub fn decode(buf: &mut Vec<u8>) -> io::Result<Vec<Frame>> {
-    let mut frames = Vec::new();
+/// Calls `each(kind, channel, payload)` for every complete frame at the
+/// front of `buf`, in order, then removes them; an incomplete frame stays
+/// for the next read.
+pub fn for_each_frame(buf: &mut Vec<u8>, mut each: impl FnMut(u8, u64, &[u8])) -> io::Result<()> {
     let mut at = 0;
     while buf.len() - at >= 4 {
         let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
@@ -91,15 +86,12 @@ pub fn decode(buf: &mut Vec<u8>) -> io::Result<Vec<Frame>> {
             break;
         }
         let body = &buf[at + 4..at + 4 + len];
-        frames.push(Frame {
-            kind: body[0],
-            channel: u64::from_le_bytes(body[1..9].try_into().expect("8 bytes")),
-            payload: body[HEAD..].to_vec(),
-        });
+        let channel = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+        each(body[0], channel, &body[HEAD..]);
         at += 4 + len;
     }
     buf.drain(..at);
-    Ok(frames)
+    Ok(())
 }
 
 /// Writes all of `bytes`, attaching `fd` to the first byte.
@@ -183,6 +175,13 @@ pub async fn read_with_fds(
 mod tests {
     use super::*;
 
+    /// The frames at the front of `buf`, as (kind, channel, payload).
+    fn decode(buf: &mut Vec<u8>) -> io::Result<Vec<(u8, u64, Vec<u8>)>> {
+        let mut frames = Vec::new();
+        for_each_frame(buf, |k, c, p| frames.push((k, c, p.to_vec())))?;
+        Ok(frames)
+    }
+
     #[test]
     fn frames_round_trip_and_wait_for_their_last_byte() {
         let mut out = Vec::new();
@@ -190,18 +189,10 @@ mod tests {
         encode(&mut out, to_worker::END, u64::MAX, b"");
         let mut buf = out[..out.len() - 3].to_vec();
         let first = decode(&mut buf).unwrap();
-        assert_eq!(
-            first,
-            vec![Frame {
-                kind: to_worker::TEXT,
-                channel: 7,
-                payload: b"hello".to_vec()
-            }]
-        );
+        assert_eq!(first, vec![(to_worker::TEXT, 7, b"hello".to_vec())]);
         buf.extend_from_slice(&out[out.len() - 3..]);
         let second = decode(&mut buf).unwrap();
-        assert_eq!(second.len(), 1);
-        assert_eq!(second[0].channel, u64::MAX);
+        assert_eq!(second, vec![(to_worker::END, u64::MAX, Vec::new())]);
         assert!(buf.is_empty());
     }
 
@@ -227,7 +218,7 @@ mod tests {
         while buf.len() < frame.len() {
             read_with_fds(&b, &mut buf, &mut fds).await.unwrap();
         }
-        assert_eq!(decode(&mut buf).unwrap()[0].kind, to_worker::OPEN);
+        assert_eq!(decode(&mut buf).unwrap()[0].0, to_worker::OPEN);
         let got = fds.pop_front().expect("a descriptor came with the frame");
         let mut got = UnixStream::from_std(std::os::unix::net::UnixStream::from(got)).unwrap();
         got.write_all(b"ping").await.unwrap();

@@ -24,7 +24,7 @@
 pub mod link;
 pub mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamConfig;
@@ -57,28 +57,55 @@ pub enum Incoming {
     Gone,
 }
 
-enum Out {
-    Open(u64, OwnedFd),
-    Frame(Vec<u8>),
-}
-
 struct ChannelEnd {
     events: mpsc::UnboundedSender<Incoming>,
     credits: Arc<Semaphore>,
 }
 
+/// What waits to be written to a worker: frames, and the sockets that
+/// travel with their `OPEN` frames.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    /// Each socket with the offset of its `OPEN` frame in `bytes`.
+    sockets: VecDeque<(usize, OwnedFd)>,
+    /// The writer has stopped: the link is gone.
+    dead: bool,
+}
+
 /// One running worker and its link.
 struct Link {
     index: usize,
-    out: mpsc::UnboundedSender<Out>,
+    out: Mutex<Outgoing>,
+    /// Wakes the writer.
+    wake: Notify,
     channels: Mutex<HashMap<u64, ChannelEnd>>,
 }
 
 impl Link {
     fn send(&self, kind: u8, channel: u64, payload: &[u8]) {
-        let mut frame = Vec::with_capacity(13 + payload.len());
-        link::encode(&mut frame, kind, channel, payload);
-        let _ = self.out.send(Out::Frame(frame));
+        let mut out = lock(&self.out);
+        if out.dead {
+            return;
+        }
+        link::encode(&mut out.bytes, kind, channel, payload);
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Queues `socket` with the `OPEN` frame of `channel`. Fails when the
+    /// link is gone.
+    fn open(&self, channel: u64, socket: OwnedFd) -> Result<(), OwnedFd> {
+        let mut out = lock(&self.out);
+        if out.dead {
+            return Err(socket);
+        }
+        let at = out.bytes.len();
+        link::encode(&mut out.bytes, to_worker::OPEN, channel, b"");
+        out.sockets.push_back((at, socket));
+        drop(out);
+        self.wake.notify_one();
+        Ok(())
     }
 
     fn load(&self) -> usize {
@@ -87,6 +114,7 @@ impl Link {
 
     /// Ends every channel: the worker is gone.
     fn fail_all(&self) {
+        lock(&self.out).dead = true;
         for (_, end) in lock(&self.channels).drain() {
             end.credits.close();
             let _ = end.events.send(Incoming::Gone);
@@ -200,9 +228,10 @@ impl Workers {
                 credits: credits.clone(),
             },
         );
-        if link.out.send(Out::Open(channel, socket)).is_err() {
+        if let Err(socket) = link.open(channel, socket) {
+            // The worker is gone: the stream stays here.
             lock(&link.channels).remove(&channel);
-            credits.close();
+            return Err(socket);
         }
         Ok(Relayed {
             link,
@@ -228,14 +257,14 @@ async fn supervise(
                 lock(&workers.pids)[index] = pid;
                 tracing::info!(worker = index, pid, "stream worker started");
                 let stream = Arc::new(stream);
-                let (out_tx, out_rx) = mpsc::unbounded_channel();
                 let link = Arc::new(Link {
                     index,
-                    out: out_tx,
+                    out: Mutex::default(),
+                    wake: Notify::new(),
                     channels: Mutex::new(HashMap::new()),
                 });
                 *lock(&workers.slots[index]) = Some(link.clone());
-                let writer = tokio::spawn(write_link(stream.clone(), out_rx));
+                let writer = tokio::spawn(write_link(stream.clone(), link.clone()));
                 tokio::select! {
                     r = read_link(&stream, &link) => {
                         tracing::error!(worker = index, result = ?r, "stream worker link ended");
@@ -243,16 +272,17 @@ async fn supervise(
                     status = child.wait() => {
                         tracing::error!(worker = index, ?status, "stream worker exited");
                     }
-                    _ = shutdown.cancelled() => {}
+                    _ = shutdown.cancelled() => {
+                        // Streams close themselves on the same token; give
+                        // their Close frames a moment to leave.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
                 *lock(&workers.slots[index]) = None;
                 lock(&workers.pids)[index] = None;
                 link.fail_all();
                 writer.abort();
                 if shutdown.is_cancelled() {
-                    // Streams closed themselves on the same token; give
-                    // their Close frames a moment to leave.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
                     let _ = child.kill().await;
                     return;
                 }
@@ -271,61 +301,57 @@ async fn supervise(
     }
 }
 
-/// Sends queued frames, batching what is waiting into one write.
-async fn write_link(stream: Arc<UnixStream>, mut rx: mpsc::UnboundedReceiver<Out>) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Out::Frame(f) => buf.extend_from_slice(&f),
-                Out::Open(channel, fd) => {
-                    if link::write_all(&stream, &buf).await.is_err() {
-                        return;
-                    }
-                    buf.clear();
-                    let mut frame = Vec::new();
-                    link::encode(&mut frame, to_worker::OPEN, channel, b"");
-                    if link::send_with_fd(&stream, &frame, &fd).await.is_err() {
-                        return;
-                    }
-                    // This process's copy of the socket closes here.
-                    drop(fd);
-                }
+/// Writes what the link has queued, everything that gathered since the
+/// last write in one go, each socket with its `OPEN` frame.
+async fn write_link(stream: Arc<UnixStream>, link: Arc<Link>) {
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    let mut sockets = VecDeque::new();
+    let result: std::io::Result<()> = async {
+        loop {
+            link.wake.notified().await;
+            {
+                let mut out = lock(&link.out);
+                std::mem::swap(&mut out.bytes, &mut bytes);
+                std::mem::swap(&mut out.sockets, &mut sockets);
             }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
+            let mut from = 0;
+            for (at, socket) in sockets.drain(..) {
+                link::write_all(&stream, &bytes[from..at]).await?;
+                let open = at + link::EMPTY_FRAME;
+                link::send_with_fd(&stream, &bytes[at..open], &socket).await?;
+                // This process's copy of the socket closes here.
+                drop(socket);
+                from = open;
             }
+            link::write_all(&stream, &bytes[from..]).await?;
+            bytes.clear();
         }
-        if link::write_all(&stream, &buf).await.is_err() {
-            return;
-        }
-        buf.clear();
     }
+    .await;
+    tracing::warn!(worker = link.index, error = ?result.err(), "stream worker link write failed");
+    lock(&link.out).dead = true;
 }
 
 async fn read_link(stream: &UnixStream, link: &Link) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut fds = std::collections::VecDeque::new();
+    let mut fds = VecDeque::new();
     loop {
         if link::read_with_fds(stream, &mut buf, &mut fds).await? == 0 {
             return Ok(());
         }
         fds.clear();
-        for frame in link::decode(&mut buf)? {
-            let channels = lock(&link.channels);
-            let Some(end) = channels.get(&frame.channel) else {
-                continue;
+        let channels = lock(&link.channels);
+        link::for_each_frame(&mut buf, |kind, channel, payload| {
+            let Some(end) = channels.get(&channel) else {
+                return;
             };
-            let event = match frame.kind {
+            let event = match kind {
                 to_node::ACK => {
-                    let n = frame
-                        .payload
+                    let n = payload
                         .get(..4)
-                        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                        .unwrap_or(0);
+                        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
                     end.credits.add_permits(n as usize);
-                    continue;
+                    return;
                 }
                 to_node::PING => Incoming::Ping,
                 to_node::PONG => Incoming::Pong,
@@ -335,7 +361,7 @@ async fn read_link(stream: &UnixStream, link: &Link) -> std::io::Result<()> {
                 _ => Incoming::Gone,
             };
             let _ = end.events.send(event);
-        }
+        })?;
     }
 }
 
@@ -379,6 +405,40 @@ impl Relayed {
     /// Which worker holds the socket.
     pub fn worker(&self) -> usize {
         self.link.index
+    }
+
+    /// A way to queue text frames on this channel without waiting, for the
+    /// hub's direct route ([`crate::hub::Direct`]).
+    pub fn direct(&self) -> DirectSend {
+        DirectSend {
+            link: self.link.clone(),
+            channel: self.channel,
+            credits: self.credits.clone(),
+        }
+    }
+}
+
+/// Queues text frames on a relayed channel from outside its connection's
+/// task, sharing the channel's credits.
+pub struct DirectSend {
+    link: Arc<Link>,
+    channel: u64,
+    credits: Arc<Semaphore>,
+}
+
+impl DirectSend {
+    /// Queues `text` if the channel has a credit; false if it has none (the
+    /// client is behind: the connection's task waits for one instead).
+    pub fn try_send_text(&self, text: &str) -> bool {
+        match self.credits.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.link
+                    .send(to_worker::TEXT, self.channel, text.as_bytes());
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 

@@ -2,30 +2,54 @@
 //! client sockets handed over by its node and moves frames between them and
 //! the link on its standard input. It owns no state of the service: it exits
 //! when the link closes.
+//!
+//! The worker is plumbing on the hot path of every delivery, so it does as
+//! little per frame as it can: one thread, no task switch for a frame the
+//! socket takes at once. A text frame from the link is framed for
+//! WebSocket and written to its socket straight from the link's read loop;
+//! only what the socket does not take waits, in that connection's queue,
+//! for its task to write it when the socket is writable again. Credits go
+//! back to the node in batches of [`ACK_AT`] written frames (see
+//! [`super::CREDITS`]). Each connection's task also reads what the client
+//! sends: it answers pings and the closing handshake and tells the node
+//! about pings, pongs, data frames, frames over the size limit and the
+//! socket's end.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::io::{self, Cursor};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use super::link::{self, to_node, to_worker};
+use super::CREDITS;
 
-/// A write to a client that takes longer than this drops the socket. The
-/// node closes a stream whose credits run out for its own, shorter, send
-/// timeout first.
+/// A socket that takes none of its queued frames for this long is dropped.
+/// The node closes a stream whose credits run out for its own, shorter,
+/// send timeout first.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Credits returned at most this many frames apart.
-const ACK_EVERY: u32 = 16;
+/// After the node closes a channel, its Close frame and what is queued
+/// before it get this long to leave.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Credits are returned once this many text frames of a channel were
+/// written: half the window, so the node always has the other half.
+const ACK_AT: u32 = (CREDITS / 2) as u32;
+
+/// WebSocket opcodes the worker sends.
+mod opcode {
+    pub const TEXT: u8 = 0x1;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
 
 /// Settings passed by the node.
 #[derive(Clone, Copy, Debug)]
@@ -34,29 +58,62 @@ pub struct Options {
     pub max_frame_bytes: usize,
 }
 
-enum Cmd {
-    Text(String),
-    Ping,
-    Close(u16, String),
-}
-
-struct Channel {
-    cmds: mpsc::UnboundedSender<Cmd>,
-    end: CancellationToken,
-}
-
 /// Runs the worker on the link given as standard input, until it closes.
-pub async fn run(opts: Options) -> anyhow::Result<()> {
+pub fn main(opts: Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        // Ctrl-C in a terminal reaches the whole process group: the worker
+        // leaves when its node closes the link, not before.
+        tokio::task::spawn_local(async {
+            loop {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        });
+        run(opts).await
+    })
+}
+
+/// Frames for the node, gathered and written in batches by one task.
+#[derive(Default)]
+struct ToNode {
+    buf: RefCell<Vec<u8>>,
+    wake: Notify,
+}
+
+impl ToNode {
+    fn send(&self, kind: u8, channel: u64, payload: &[u8]) {
+        link::encode(&mut self.buf.borrow_mut(), kind, channel, payload);
+        self.wake.notify_one();
+    }
+}
+
+async fn write_to_node(link: Rc<UnixStream>, to_node: Rc<ToNode>) {
+    loop {
+        to_node.wake.notified().await;
+        let bytes = std::mem::take(&mut *to_node.buf.borrow_mut());
+        if !bytes.is_empty() && link::write_all(&link, &bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+type Conns = Rc<RefCell<HashMap<u64, Rc<Conn>>>>;
+
+async fn run(opts: Options) -> anyhow::Result<()> {
     let fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .context("standard input")?;
     let link = std::os::unix::net::UnixStream::from(fd);
     link.set_nonblocking(true)?;
-    let link = Arc::new(UnixStream::from_std(link).context("standard input is not a socket")?);
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(write_link(link.clone(), out_rx));
-    let mut channels: HashMap<u64, Channel> = HashMap::new();
+    let link = Rc::new(UnixStream::from_std(link).context("standard input is not a socket")?);
+    let to_node = Rc::new(ToNode::default());
+    tokio::task::spawn_local(write_to_node(link.clone(), to_node.clone()));
+    let conns: Conns = Rc::default();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut fds: VecDeque<OwnedFd> = VecDeque::new();
     loop {
@@ -64,182 +121,376 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             // The node is gone: so are our streams.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        for frame in link::decode(&mut buf)? {
-            let ch = frame.channel;
-            match frame.kind {
-                to_worker::OPEN => {
-                    let Some(fd) = fds.pop_front() else {
+        link::for_each_frame(&mut buf, |kind, ch, payload| {
+            let conn = || conns.borrow().get(&ch).cloned();
+            match kind {
+                to_worker::OPEN => match fds.pop_front().map(|fd| Conn::open(ch, fd)) {
+                    Some(Ok(c)) => {
+                        let c = Rc::new(c);
+                        conns.borrow_mut().insert(ch, c.clone());
+                        tokio::task::spawn_local(serve(c, to_node.clone(), conns.clone(), opts));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(channel = ch, error = %e, "cannot take over a socket");
+                        to_node.send(to_node::GONE, ch, b"");
+                    }
+                    None => {
                         tracing::error!(channel = ch, "OPEN without a socket");
-                        send(&out_tx, to_node::GONE, ch, b"");
-                        continue;
-                    };
-                    let (cmds, rx) = mpsc::unbounded_channel();
-                    let end = CancellationToken::new();
-                    channels.insert(
-                        ch,
-                        Channel {
-                            cmds,
-                            end: end.clone(),
-                        },
-                    );
-                    tokio::spawn(serve(ch, fd, rx, end, out_tx.clone(), opts));
-                }
+                        to_node.send(to_node::GONE, ch, b"");
+                    }
+                },
                 to_worker::TEXT => {
-                    if let (Some(c), Ok(text)) =
-                        (channels.get(&ch), String::from_utf8(frame.payload))
-                    {
-                        let _ = c.cmds.send(Cmd::Text(text));
+                    if let Some(c) = conn() {
+                        c.queue(ws_frame(opcode::TEXT, payload), true, &to_node);
                     }
                 }
                 to_worker::PING => {
-                    if let Some(c) = channels.get(&ch) {
-                        let _ = c.cmds.send(Cmd::Ping);
+                    if let Some(c) = conn() {
+                        c.queue(ws_frame(opcode::PING, b""), false, &to_node);
                     }
                 }
                 to_worker::CLOSE => {
-                    if let Some(c) = channels.remove(&ch) {
-                        let code = frame
-                            .payload
+                    // `code: u16` (little-endian) and the reason.
+                    if let Some(c) = conns.borrow_mut().remove(&ch) {
+                        let code = payload
                             .get(..2)
-                            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                            .unwrap_or(1000);
-                        let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or(&[]))
-                            .into_owned();
-                        let _ = c.cmds.send(Cmd::Close(code, reason));
+                            .map_or(1000, |b| u16::from_le_bytes([b[0], b[1]]));
+                        let mut body = code.to_be_bytes().to_vec();
+                        body.extend_from_slice(payload.get(2..).unwrap_or(&[]));
+                        c.close(ws_frame(opcode::CLOSE, &body), &to_node);
                     }
                 }
                 _ => {
-                    if let Some(c) = channels.remove(&ch) {
-                        c.end.cancel();
+                    if let Some(c) = conns.borrow_mut().remove(&ch) {
+                        c.end();
                     }
                 }
             }
-        }
+        })?;
     }
 }
 
-fn send(out: &mpsc::UnboundedSender<Vec<u8>>, kind: u8, channel: u64, payload: &[u8]) {
-    let mut frame = Vec::with_capacity(13 + payload.len());
-    link::encode(&mut frame, kind, channel, payload);
-    let _ = out.send(frame);
+/// A WebSocket frame from the server: final, unmasked.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
 }
 
-async fn write_link(link: Arc<UnixStream>, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        buf.extend_from_slice(&first);
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
+/// An encoded frame waiting for its socket.
+struct Pending {
+    bytes: Vec<u8>,
+    /// A text frame: it returns a credit once written.
+    text: bool,
+}
+
+/// One client socket.
+struct Conn {
+    ch: u64,
+    tcp: TcpStream,
+    /// Frames not yet written; `sent` bytes of the first are.
+    pending: RefCell<VecDeque<Pending>>,
+    sent: Cell<usize>,
+    /// Text frames written since credits were last returned.
+    unacked: Cell<u32>,
+    /// Wakes the connection's task: something to write, or to end.
+    wake: Notify,
+    /// The node closed the channel: write what is queued, then drop.
+    closing: Cell<Option<Instant>>,
+    /// Drop the socket now.
+    ended: Cell<bool>,
+}
+
+impl Conn {
+    fn open(ch: u64, fd: OwnedFd) -> io::Result<Conn> {
+        let tcp = std::net::TcpStream::from(fd);
+        tcp.set_nonblocking(true)?;
+        Ok(Conn {
+            ch,
+            tcp: TcpStream::from_std(tcp)?,
+            pending: RefCell::default(),
+            sent: Cell::new(0),
+            unacked: Cell::new(0),
+            wake: Notify::new(),
+            closing: Cell::new(None),
+            ended: Cell::new(false),
+        })
+    }
+
+    /// Writes `bytes` now if nothing is queued and the socket takes it,
+    /// else queues it for the connection's task.
+    fn queue(&self, bytes: Vec<u8>, text: bool, to_node: &ToNode) {
+        if self.ended.get() || self.closing.get().is_some() {
+            return;
+        }
+        let mut pending = self.pending.borrow_mut();
+        if !pending.is_empty() {
+            pending.push_back(Pending { bytes, text });
+            return;
+        }
+        let sent = match self.tcp.try_write(&bytes) {
+            Ok(n) if n == bytes.len() => {
+                if text {
+                    self.written(to_node);
+                }
+                return;
+            }
+            Ok(n) => n,
+            // Would block, or failed: the task finds out which when it
+            // writes again.
+            Err(_) => 0,
+        };
+        self.sent.set(sent);
+        pending.push_back(Pending { bytes, text });
+        self.wake.notify_one();
+    }
+
+    fn written(&self, to_node: &ToNode) {
+        let n = self.unacked.get() + 1;
+        if n >= ACK_AT {
+            to_node.send(to_node::ACK, self.ch, &n.to_le_bytes());
+            self.unacked.set(0);
+        } else {
+            self.unacked.set(n);
+        }
+    }
+
+    /// Writes queued frames as far as the socket takes them. Returns
+    /// whether anything was written.
+    fn flush(&self, to_node: &ToNode) -> io::Result<bool> {
+        let mut pending = self.pending.borrow_mut();
+        let mut progress = false;
+        while let Some(front) = pending.front() {
+            let from = self.sent.get();
+            match self.tcp.try_write(&front.bytes[from..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    progress = true;
+                    if from + n < front.bytes.len() {
+                        self.sent.set(from + n);
+                        continue;
+                    }
+                    let text = front.text;
+                    pending.pop_front();
+                    self.sent.set(0);
+                    if text {
+                        self.written(to_node);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
-        if link::write_all(&link, &buf).await.is_err() {
-            return;
-        }
-        buf.clear();
+        Ok(progress)
+    }
+
+    /// The node closed the channel with this Close frame.
+    fn close(&self, frame: Vec<u8>, to_node: &ToNode) {
+        self.queue(frame, false, to_node);
+        self.closing.set(Some(Instant::now()));
+        self.wake.notify_one();
+    }
+
+    fn end(&self) {
+        self.ended.set(true);
+        self.wake.notify_one();
     }
 }
 
-/// Moves frames between one client socket and its channel.
-async fn serve(
-    ch: u64,
-    fd: OwnedFd,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    end: CancellationToken,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    opts: Options,
-) {
-    let tcp = std::net::TcpStream::from(fd);
-    let tcp = match tcp
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(tcp))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(channel = ch, error = %e, "cannot take over a socket");
-            send(&out, to_node::GONE, ch, b"");
-            return;
-        }
-    };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(opts.read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(opts.max_frame_bytes))
-        .max_frame_size(Some(opts.max_frame_bytes));
-    let ws = WebSocketStream::from_raw_socket(tcp, Role::Server, Some(config)).await;
-    let (mut sink, mut stream) = ws.split();
-    let mut unacked: u32 = 0;
-    // After an oversized frame the reader stops; the node answers with a Close.
+/// What a client frame asks of the connection.
+enum Heard {
+    /// Nothing more to read now.
+    More,
+    /// The client closed; its Close is answered.
+    Closed,
+    /// A frame over the size limit: reading stops, the node closes.
+    TooBig,
+    /// A protocol error or the end of the socket.
+    Gone,
+}
+
+/// Runs one connection: writes what its queue holds when the socket is
+/// writable, reads and answers what the client sends, and drops the
+/// socket when the node ends the channel, the client goes, or a write
+/// stalls.
+async fn serve(conn: Rc<Conn>, to_node: Rc<ToNode>, conns: Conns, opts: Options) {
+    let mut read_buf: Vec<u8> = Vec::with_capacity(opts.read_buffer_bytes.max(16));
     let mut reading = true;
-    loop {
+    // Since when the queue has waited without any progress.
+    let mut stalled_since: Option<Instant> = None;
+    let ch = conn.ch;
+    let tell_node = loop {
+        if conn.ended.get() {
+            break None;
+        }
+        let waiting = !conn.pending.borrow().is_empty();
+        let closing = conn.closing.get();
+        if !waiting {
+            stalled_since = None;
+            if closing.is_some() {
+                break None;
+            }
+        } else if stalled_since.is_none() {
+            stalled_since = Some(Instant::now());
+        }
+        let deadline = match (closing, stalled_since) {
+            (Some(at), _) => Some(at + CLOSE_LINGER),
+            (None, Some(at)) => Some(at + WRITE_TIMEOUT),
+            (None, None) => None,
+        };
         tokio::select! {
             biased;
-            _ = end.cancelled() => return,
-            cmd = cmds.recv() => match cmd {
-                None => return,
-                Some(Cmd::Text(text)) => {
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(text))).await {
-                        Ok(Ok(())) => {
-                            unacked += 1;
-                            if unacked >= ACK_EVERY || cmds.is_empty() {
-                                send(&out, to_node::ACK, ch, &unacked.to_le_bytes());
-                                unacked = 0;
-                            }
-                        }
-                        _ => {
-                            send(&out, to_node::GONE, ch, b"");
-                            return;
-                        }
+            _ = conn.wake.notified() => {}
+            r = conn.tcp.writable(), if waiting => {
+                match r.and_then(|()| conn.flush(&to_node)) {
+                    Ok(true) => stalled_since = None,
+                    Ok(false) => {}
+                    Err(_) => break Some(to_node::GONE),
+                }
+            }
+            r = conn.tcp.readable(), if reading && closing.is_none() => {
+                if r.is_err() {
+                    break Some(to_node::GONE);
+                }
+                match read_client(&conn, &mut read_buf, opts, &to_node) {
+                    Heard::More => {}
+                    Heard::Closed => {
+                        // The reply is queued; it leaves like a node's Close.
+                        conn.closing.set(Some(Instant::now()));
+                        to_node.send(to_node::CLOSED, ch, b"");
+                        reading = false;
                     }
-                }
-                Some(Cmd::Ping) => {
-                    if !matches!(
-                        tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Default::default()))).await,
-                        Ok(Ok(()))
-                    ) {
-                        send(&out, to_node::GONE, ch, b"");
-                        return;
+                    Heard::TooBig => {
+                        to_node.send(to_node::TOO_BIG, ch, b"");
+                        reading = false;
                     }
+                    Heard::Gone => break Some(to_node::GONE),
                 }
-                Some(Cmd::Close(code, reason)) => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        sink.send(Message::Close(Some(frame))),
-                    )
-                    .await;
-                    return;
-                }
-            },
-            msg = stream.next(), if reading => match msg {
-                None => {
-                    send(&out, to_node::GONE, ch, b"");
-                    reading = false;
-                }
-                Some(Ok(Message::Ping(_))) => send(&out, to_node::PING, ch, b""),
-                Some(Ok(Message::Pong(_))) => send(&out, to_node::PONG, ch, b""),
-                Some(Ok(Message::Close(_))) => {
-                    // The reply to the client's Close is queued; push it out.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
-                    send(&out, to_node::CLOSED, ch, b"");
-                    return;
-                }
-                Some(Ok(Message::Text(_) | Message::Binary(_))) => send(&out, to_node::DATA, ch, b""),
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Err(WsError::Capacity(_))) => {
-                    send(&out, to_node::TOO_BIG, ch, b"");
-                    reading = false;
-                }
-                Some(Err(_)) => {
-                    send(&out, to_node::GONE, ch, b"");
-                    reading = false;
-                }
-            },
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                break closing.is_none().then_some(to_node::GONE);
+            }
         }
+    };
+    if let Some(kind) = tell_node {
+        to_node.send(kind, ch, b"");
+    }
+    // The socket closes with the last reference; the map holds one until
+    // the node ends the channel, unless it is dropped here.
+    let mut map = conns.borrow_mut();
+    if map.get(&ch).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+        map.remove(&ch);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads what the socket has and handles every complete client frame.
+fn read_client(conn: &Conn, buf: &mut Vec<u8>, opts: Options, to_node: &ToNode) -> Heard {
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        match conn.tcp.try_read_buf(buf) {
+            Ok(0) => return Heard::Gone,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Heard::Gone,
+        }
+    }
+    loop {
+        let mut cursor = Cursor::new(&buf[..]);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Heard::More,
+            Err(_) => return Heard::Gone,
+        };
+        if len > opts.max_frame_bytes as u64 {
+            buf.clear();
+            return Heard::TooBig;
+        }
+        let start = cursor.position() as usize;
+        let end = start + len as usize;
+        if buf.len() < end {
+            return Heard::More;
+        }
+        // Clients mask every frame; no extension is negotiated.
+        let Some(mask) = header.mask else {
+            return Heard::Gone;
+        };
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Heard::Gone;
+        }
+        let mut payload = buf[start..end].to_vec();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        buf.drain(..end);
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final || len > 125 => return Heard::Gone,
+            OpCode::Control(Control::Ping) => {
+                conn.queue(ws_frame(opcode::PONG, &payload), false, to_node);
+                to_node.send(to_node::PING, conn.ch, b"");
+            }
+            OpCode::Control(Control::Pong) => to_node.send(to_node::PONG, conn.ch, b""),
+            OpCode::Control(Control::Close) => {
+                // Echo the client's status code, if it sent one.
+                conn.queue(
+                    ws_frame(opcode::CLOSE, payload.get(..2).unwrap_or(&[])),
+                    false,
+                    to_node,
+                );
+                return Heard::Closed;
+            }
+            OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
+                to_node.send(to_node::DATA, conn.ch, b"");
+            }
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                return Heard::Gone
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_frames_carry_their_length_in_the_shortest_form() {
+        assert_eq!(ws_frame(opcode::TEXT, b"hi"), vec![0x81, 2, b'h', b'i']);
+        let mid = ws_frame(opcode::TEXT, &[b'x'; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(mid.len(), 304);
+        let big = ws_frame(opcode::TEXT, &vec![b'x'; 70_000]);
+        assert_eq!(&big[..2], &[0x81, 127]);
+        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+        // What a client library parses back.
+        let mut cursor = Cursor::new(&mid[..]);
+        let (h, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert_eq!(
+            (h.opcode, len, h.mask),
+            (OpCode::Data(Data::Text), 300, None)
+        );
     }
 }

@@ -212,6 +212,21 @@ pub fn merge(base: &mut Value, extra: Value) {
     }
 }
 
+/// The value of one metric line of the server's `/metrics` (0 when absent):
+/// `name` is the metric's name with its labels, as the line starts.
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
 /// Reads events until one matches, or fails after `secs`.
 pub async fn next_event(stream: &mut EventStream, secs: u64) -> StreamItem {
     tokio::time::timeout(Duration::from_secs(secs), stream.next())
