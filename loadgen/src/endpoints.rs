@@ -50,7 +50,9 @@ pub struct Endpoint {
     pub name: String,
     pub log: Mutex<EndpointLog>,
     /// Set once the stream has received its `ready` frame.
-    pub connected: std::sync::atomic::AtomicBool,
+    connected: std::sync::atomic::AtomicBool,
+    /// Wakes those waiting for the stream (joins follow its `ready`).
+    ready: tokio::sync::Notify,
 }
 
 impl Endpoint {
@@ -59,6 +61,38 @@ impl Endpoint {
             name: format!("e{index}"),
             log: Mutex::new(EndpointLog::default()),
             connected: false.into(),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether the stream is open (its `ready` frame has arrived).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        if connected {
+            self.ready.notify_waiters();
+        }
+    }
+
+    /// Waits until the stream is open, at most `within`; whether it is.
+    /// (Thousands of endpoints wait at once after a node is lost: they
+    /// sleep until told, rather than poll.)
+    pub async fn until_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let told = self.ready.notified();
+            tokio::pin!(told);
+            // Registered before the check, so a `ready` in between is seen.
+            told.as_mut().enable();
+            if self.is_connected() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, told).await.is_err() {
+                return self.is_connected();
+            }
         }
     }
 
@@ -214,6 +248,8 @@ pub struct Pool {
     pub health: Arc<NodeHealth>,
     /// For rejoining rooms on another node after a move.
     pub http: reqwest::Client,
+    /// Joins in flight from this process (the ramp's and the rejoins).
+    pub joins: Arc<tokio::sync::Semaphore>,
     /// The run's seed, from which every endpoint's waits are drawn.
     pub seed: u64,
 }
@@ -311,7 +347,7 @@ pub async fn run_stream(
             r.abort();
         }
         pool.open.fetch_sub(1, Ordering::Relaxed);
-        ep.connected.store(false, Ordering::Release);
+        ep.set_connected(false);
         let Some(reason) = why else {
             // Stopped: close politely, briefly.
             let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
@@ -356,10 +392,7 @@ async fn rejoin_rooms(
     slot: usize,
 ) {
     // The stream's ready frame first, so it carries what follows each join.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ep.connected.load(Ordering::Acquire) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ep.until_connected(Duration::from_secs(10)).await;
     let mut backoff = Backoff::new(retry::seed(pool.seed, retry::kind::REJOIN, slot as u64));
     for (room, since) in rooms {
         let room_id = pool.room_ids[room as usize];
@@ -369,7 +402,12 @@ async fn rejoin_rooms(
             if pool.stop.is_cancelled() {
                 return;
             }
-            let failure = match rejoin_once(&pool, &ep, &token, &base, room_id, since).await {
+            let Ok(turn) = pool.joins.acquire().await else {
+                return;
+            };
+            let answer = rejoin_once(&pool, &ep, &token, &base, room_id, since).await;
+            drop(turn);
+            let failure = match answer {
                 Ok(v) => break Some(v),
                 Err(f) => f,
             };
@@ -508,7 +546,7 @@ fn on_frame(pool: &Pool, ep: &Endpoint, text: &str) {
         return;
     };
     match f.kind {
-        "ready" => ep.connected.store(true, Ordering::Release),
+        "ready" => ep.set_connected(true),
         "message" => {
             let (Some(room_id), Some(seq)) = (f.room, f.seq) else {
                 pool.recorder.failed("stream", "bad_frame");

@@ -168,6 +168,8 @@ pub struct EndpointViews {
 
 /// Joins in flight during a ramp, over all shards: enough to keep up with
 /// arrivals, few enough not to queue thousands of requests at the server.
+/// Rejoins after a move share the same bound: every one is an HTTP
+/// connection, and a generator process holds a bounded number of files.
 const JOINS_IN_FLIGHT: usize = 256;
 
 /// Refusals (busy, rate limited) a ramp's join honours before it fails.
@@ -266,7 +268,12 @@ async fn run(
     };
     let health = Arc::new(crate::endpoints::NodeHealth::new(nodes.len(), home));
     let node_of = |u: usize| health.home_of(u);
+    // The shards share the joins in flight (the ramp's and the rejoins).
+    let join_limit = Arc::new(tokio::sync::Semaphore::new(
+        (JOINS_IN_FLIGHT / p.shards.max(1) as usize).max(16),
+    ));
     let pool = Arc::new(Pool {
+        joins: join_limit.clone(),
         health: health.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -325,10 +332,6 @@ async fn run(
         .build()?;
     let mut streams = Vec::new();
     let mut arrivals_done = Vec::new();
-    // The shards share the ramp's joins in flight.
-    let join_limit = Arc::new(tokio::sync::Semaphore::new(
-        (JOINS_IN_FLIGHT / p.shards.max(1) as usize).max(16),
-    ));
     // An endpoint's index over the whole run picks its source address, so
     // shards together spread over 127.0.0.x as one process would.
     let mut slot = 0usize;
@@ -367,12 +370,9 @@ async fn run(
             // Joins follow the stream's ready frame, so the stream carries
             // everything after each join's last_seq (PC-9.3b).
             for ep in &user_endpoints {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !ep.connected.load(Ordering::Acquire)
-                    && Instant::now() < deadline
-                    && !pool_stop.is_cancelled()
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::select! {
+                    _ = ep.until_connected(Duration::from_secs(30)) => {}
+                    _ = pool_stop.cancelled() => return,
                 }
                 for &room in &rooms {
                     let t = Instant::now();
@@ -421,7 +421,7 @@ async fn run(
     let connected = endpoints
         .iter()
         .flatten()
-        .filter(|e| e.connected.load(Ordering::Acquire))
+        .filter(|e| e.is_connected())
         .count() as u64;
     let _ = events.send(Event::Ramped { connected });
 
@@ -471,7 +471,7 @@ async fn run(
     // (lost and not back, or never opened) is what its user would notice,
     // an error; the losses it recovered from are only retried.
     for ep in endpoints.iter().flatten() {
-        if ep.connected.load(Ordering::Acquire) {
+        if ep.is_connected() {
             recorder.succeeded("stream");
         } else {
             recorder.failed("stream", "down");
