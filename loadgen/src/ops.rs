@@ -151,6 +151,15 @@ async fn next_operation(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// The tally of acknowledged posts into a class of room.
+pub fn posted_to(class: scenarios::plan::Class) -> &'static str {
+    match class {
+        scenarios::plan::Class::Small => "posted:small",
+        scenarios::plan::Class::Medium => "posted:medium",
+        scenarios::plan::Class::Large => "posted:large",
+    }
+}
+
 /// Refusals (busy, rate limited) one operation honours before it fails.
 const MAX_REFUSALS: u32 = 6;
 
@@ -291,6 +300,9 @@ async fn perform(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((room, seq, post));
+            // Which class of room it went to: a window without a large
+            // room's post has not seen the model's largest fan-out.
+            s.recorder.tally(posted_to(w.rooms[room as usize].class));
             Ok(())
         }
         OpKind::Rejoin {

@@ -31,6 +31,7 @@ struct Counters {
     operations: BTreeMap<&'static str, u64>,
     errors: BTreeMap<String, u64>,
     retried: BTreeMap<String, u64>,
+    tallies: BTreeMap<&'static str, u64>,
     posts: u64,
     deliveries: u64,
     requests: u64,
@@ -72,6 +73,8 @@ pub struct WindowFigures {
     pub errors: BTreeMap<String, u64>,
     /// Failed attempts retried (not errors), by `<operation>:<reason>`.
     pub retried: BTreeMap<String, u64>,
+    /// Counts that are not operations (acknowledged posts by room class).
+    pub tallies: BTreeMap<String, u64>,
 }
 
 /// A histogram that crosses process boundaries: HdrHistogram's V2 encoding
@@ -178,6 +181,8 @@ pub struct RawWindow {
     pub errors: BTreeMap<String, u64>,
     #[serde(default)]
     pub retried: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub tallies: BTreeMap<String, u64>,
 }
 
 impl RawWindow {
@@ -194,6 +199,9 @@ impl RawWindow {
         for (k, v) in &o.retried {
             *self.retried.entry(k.clone()).or_insert(0) += v;
         }
+        for (k, v) in &o.tallies {
+            *self.tallies.entry(k.clone()).or_insert(0) += v;
+        }
     }
 
     pub fn figures(&self) -> WindowFigures {
@@ -206,6 +214,7 @@ impl RawWindow {
             operations: self.operations.clone(),
             errors: self.errors.clone(),
             retried: self.retried.clone(),
+            tallies: self.tallies.clone(),
         }
     }
 }
@@ -265,6 +274,15 @@ impl Recorder {
         let mut s = self.lock();
         if s.in_window {
             *s.window_counts.operations.entry(op).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts one `what` in the window: a fact, not an operation (it does
+    /// not enter the error rate).
+    pub fn tally(&self, what: &'static str) {
+        let mut s = self.lock();
+        if s.in_window {
+            *s.window_counts.tallies.entry(what).or_insert(0) += 1;
         }
     }
 
@@ -332,6 +350,7 @@ impl Recorder {
                 .collect(),
             errors: c.errors,
             retried: c.retried,
+            tallies: c.tallies.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }
     }
 

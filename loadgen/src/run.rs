@@ -626,6 +626,11 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         operations: figures.operations,
         errors: figures.errors,
         retried: figures.retried,
+        posts_by_class: figures
+            .tallies
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("posted:")?.to_owned(), *v)))
+            .collect(),
         correctness,
         server_cpu_mean_pct: 0.0,
         server_cpu_peak_pct: 0.0,

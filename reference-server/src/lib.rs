@@ -222,9 +222,12 @@ pub async fn start_on(
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await?;
             } else {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .await?;
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<http::Accepted>(),
+                )
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await?;
             }
             // Streams saw the shutdown token and are closing; give them a moment.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

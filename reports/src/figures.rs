@@ -168,6 +168,17 @@ pub(crate) fn errors_cell(step: &Step) -> String {
     }
 }
 
+/// Acknowledged posts of the window by room class, "small / medium /
+/// large", or "–" for a result that did not count them.
+pub(crate) fn posts_by_class_cell(step: &Step) -> String {
+    if step.posts_by_class.is_empty() {
+        return "–".to_string();
+    }
+    ["small", "medium", "large"]
+        .map(|c| count(step.posts_by_class.get(c).copied().unwrap_or(0)))
+        .join(" / ")
+}
+
 /// "12 timeout, 3 http:503", or "none".
 pub(crate) fn errors_by_code(step: &Step) -> String {
     if step.errors.is_empty() {

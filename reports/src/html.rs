@@ -258,17 +258,18 @@ fn steps(h: &mut String, r: &RunResult) {
         h.push_str("<p>The run has no completed steps.</p>\n");
         return;
     }
-    h.push_str("<h3>Load and resources</h3>\n<table>\n<thead><tr><th>users</th><th>endpoints</th><th>rooms</th><th>window (s)</th><th>operations</th><th>errors</th><th>retried, not errors</th><th>server CPU mean / peak (% of a core)</th><th>server RSS peak (MiB)</th></tr></thead>\n<tbody>\n");
+    h.push_str("<h3>Load and resources</h3>\n<table>\n<thead><tr><th>users</th><th>endpoints</th><th>rooms</th><th>window (s)</th><th>posts small / medium / large</th><th>operations</th><th>errors</th><th>retried, not errors</th><th>server CPU mean / peak (% of a core)</th><th>server RSS peak (MiB)</th></tr></thead>\n<tbody>\n");
     for s in &r.steps {
         let errors = figures::errors_cell(s);
         let _ = writeln!(
             h,
-            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}–{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}–{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td class=\"num\">{}</td></tr>",
             figures::count(s.users),
             figures::count(s.endpoints),
             figures::count(s.rooms),
             figures::num(s.window_start_s),
             figures::num(s.window_end_s),
+            figures::posts_by_class_cell(s),
             figures::count(figures::operations_total(s)),
             escape(&errors),
             figures::count(figures::retried_total(s)),

@@ -185,10 +185,11 @@ fn step_table(md: &mut String, r: &RunResult) {
         return;
     }
     md.push_str(
-        "| users | endpoints | rooms | delivery p50 / p99 / p99.9 (ms) | post ack p50 / p99 / p99.9 \
-         (ms) | operations | errors | lost / duplicated / reordered / gaps |\n",
+        "| users | endpoints | rooms | posts small / medium / large | delivery p50 / p99 / p99.9 \
+         (ms) | post ack p50 / p99 / p99.9 (ms) | operations | errors | lost / duplicated / \
+         reordered / gaps |\n",
     );
-    md.push_str("|---:|---:|---:|---|---|---:|---|---|\n");
+    md.push_str("|---:|---:|---:|---:|---|---|---:|---|---|\n");
     for s in &r.steps {
         let lat = |key: &str| {
             s.latencies.get(key).map_or("–".to_string(), |l| {
@@ -204,10 +205,11 @@ fn step_table(md: &mut String, r: &RunResult) {
         let c = &s.correctness;
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
             figures::count(s.users),
             figures::count(s.endpoints),
             figures::count(s.rooms),
+            figures::posts_by_class_cell(s),
             lat("delivery"),
             lat("post_ack"),
             figures::count(figures::operations_total(s)),

@@ -103,6 +103,12 @@ pub struct Step {
     /// results written before it existed.
     #[serde(default)]
     pub retried: BTreeMap<String, u64>,
+    /// Acknowledged posts in the window by room class (`small`, `medium`,
+    /// `large`): a window without a large room's post never saw the
+    /// model's largest fan-out. Absent from results written before it
+    /// existed.
+    #[serde(default)]
+    pub posts_by_class: BTreeMap<String, u64>,
     /// What the receivers saw, checked against what was acknowledged.
     pub correctness: Correctness,
     /// Mean and peak CPU (percent of one core, summed over server

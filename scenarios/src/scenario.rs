@@ -839,7 +839,7 @@ mod tests {
 
         let knee = Scenario::builtin("knee").unwrap();
         assert!(knee.stop_when_broken());
-        assert_eq!(knee.load.steady_s, 60.0);
+        assert_eq!(knee.load.steady_s, 180.0);
         assert_eq!(knee.user_steps().last(), Some(&60_000));
 
         assert_eq!(Scenario::builtin("soak").unwrap().load.steady_s, 3_600.0);

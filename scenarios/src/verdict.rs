@@ -324,6 +324,7 @@ mod tests {
             operations: [("post_ack".to_string(), 10_000)].into_iter().collect(),
             errors: Default::default(),
             retried: Default::default(),
+            posts_by_class: Default::default(),
             correctness: Correctness {
                 acknowledged: 100,
                 expected_deliveries: 1000,

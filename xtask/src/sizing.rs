@@ -602,6 +602,16 @@ pub fn report_input(
          receiving endpoint. The steady window includes the grace period after the last operation."
             .to_owned(),
     ];
+    for step in &result.steps {
+        if !step.posts_by_class.is_empty() && !step.posts_by_class.contains_key("large") {
+            notes.push(format!(
+                "At {} users the steady window held no post into a large room: its verdict has \
+                 not seen the model's largest fan-out (one post to every endpoint of a large \
+                 room). A longer window (load.steady_s, load.steps.step_steady_s) would.",
+                step.users
+            ));
+        }
+    }
     for n in &result.not_run {
         notes.push(format!(
             "Not run: the step at {} active users. {}",
@@ -610,9 +620,11 @@ pub fn report_input(
     }
     if result.machine.fd_limit.1 > 0 && result.machine.fd_limit.1 <= 20_000 {
         notes.push(format!(
-            "Open-file limit of this host: {} per process. A single server process cannot hold more \
-             event streams than that; a larger run needs a higher limit (ulimit -Hn, \
-             /etc/security/limits.conf or the service's LimitNOFILE) or several server processes.",
+            "Open-file limit of this host: {} per process. One process cannot hold more event \
+             streams than that: a node beyond it hands its streams to stream worker processes \
+             (topology.stream_workers, the server's stream.workers; the target above says how \
+             many this run had), and the load generator runs as several processes; or raise the \
+             limit (ulimit -Hn, /etc/security/limits.conf or the service's LimitNOFILE).",
             result.machine.fd_limit.1
         ));
     }

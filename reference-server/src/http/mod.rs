@@ -8,7 +8,7 @@
 mod routes;
 mod stream;
 
-pub use stream::SocketHandle;
+pub use stream::{Accepted, SocketHandle};
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -49,7 +49,28 @@ pub struct SocketHandle(Option<Arc<OwnedFd>>);
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for SocketHandle {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        set_nodelay(stream.io());
         SocketHandle(stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new))
+    }
+}
+
+/// What a node without stream workers keeps of an accepted connection:
+/// nothing, after setting it up.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted;
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Accepted {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        set_nodelay(stream.io());
+        Accepted
+    }
+}
+
+/// Events are small and should leave at once: no Nagle delay behind a
+/// frame the client has not acknowledged yet.
+fn set_nodelay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

@@ -192,6 +192,11 @@ fn step(users: u64, window: (f64, f64), scale: f64) -> Step {
                 ("stream:closed:1006".to_string(), 90),
             ])
         },
+        posts_by_class: BTreeMap::from([
+            ("small".to_string(), 30 * users / 1000),
+            ("medium".to_string(), 2 * users / 1000),
+            ("large".to_string(), users / 10_000),
+        ]),
         correctness,
         server_cpu_mean_pct: 4.0 + 150.0 * scale,
         server_cpu_peak_pct: 10.0 + 160.0 * scale,
