@@ -5,10 +5,16 @@
 //! Each node sends its hub's [`BusEvent`]s in batches (one notification per
 //! batch, under PostgreSQL's payload limit), says `Alive` every
 //! [`ALIVE_EVERY`], and `Hello` when it starts, to which every other node
-//! answers by announcing its whole live state again. A node not heard from
-//! for [`DEAD_AFTER`], or heard from with a new boot id (it restarted), has
-//! its announced state dropped: its users leave the rooms they were in
-//! through it, and its clients reconnect elsewhere.
+//! answers by announcing its whole live state again. A node heard from with
+//! a new boot id (it restarted) has its announced state dropped at once: its
+//! users leave the rooms they were in through it. A node not heard from for
+//! [`DEAD_AFTER`] is silent: its clients reconnect elsewhere, and its
+//! announced state stays for the pool's grace (`store.node_grace_ms`)
+//! before it is dropped, so that a user whose endpoints moved to another
+//! node within the grace never leaves its rooms (no `participant_left` and
+//! `participant_joined` pair for every member of every small room it is
+//! in). A silent node heard from again within the grace keeps its state
+//! if it has the same boot id (it was only slow), and loses it first if not.
 //!
 //! The bus carries live state only. Messages and directory changes travel
 //! through the store itself (see `store::postgres`), where nothing is lost.
@@ -54,6 +60,9 @@ pub async fn run(
     let node = store.node().to_owned();
     let boot = rand::random::<u64>() >> 11;
     let mut peers: HashMap<String, Peer> = HashMap::new();
+    let grace = Duration::from_millis(app.config.store.node_grace_ms);
+    // Silent nodes whose state is kept until the grace ends.
+    let mut silent: HashMap<String, Peer> = HashMap::new();
     let mut tick = tokio::time::interval(ALIVE_EVERY);
     send(&store, &node, boot, vec![BusEvent::Hello]).await;
     loop {
@@ -79,9 +88,11 @@ pub async fn run(
                 if env.node == node {
                     continue;
                 }
-                let restarted = peers
-                    .get(&env.node)
-                    .is_some_and(|p| p.boot != env.boot);
+                let known = peers.get(&env.node).or(silent.get(&env.node));
+                let restarted = known.is_some_and(|p| p.boot != env.boot);
+                if silent.remove(&env.node).is_some() && !restarted {
+                    tracing::info!(node = %env.node, "silent pool node heard from again; its live state stays");
+                }
                 if restarted {
                     app.hub.drop_node(&env.node);
                 }
@@ -107,8 +118,20 @@ pub async fn run(
                     .map(|(n, _)| n.clone())
                     .collect();
                 for n in dead {
-                    tracing::warn!(node = %n, "pool node silent; dropping its live state");
-                    peers.remove(&n);
+                    tracing::warn!(node = %n, grace_ms = grace.as_millis() as u64,
+                        "pool node silent; its live state goes when the grace ends");
+                    if let Some(p) = peers.remove(&n) {
+                        silent.insert(n, Peer { boot: p.boot, seen: Instant::now() });
+                    }
+                }
+                let gone: Vec<String> = silent
+                    .iter()
+                    .filter(|(_, p)| p.seen.elapsed() >= grace)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in gone {
+                    tracing::warn!(node = %n, "pool node still silent; dropping its live state");
+                    silent.remove(&n);
                     app.hub.drop_node(&n);
                 }
             }

@@ -89,6 +89,13 @@ pub struct StoreConfig {
     pub connections: usize,
     /// Pool store: this node's name (default: its listen address).
     pub node: Option<String>,
+    /// Pool store: how long the participants announced by a node that fell
+    /// silent stay listed, after it is found silent, before they leave
+    /// their rooms. Its clients move to the surviving nodes and rejoin
+    /// within this time, so a move is not a leave and a join in every room
+    /// (a reconnect storm would otherwise send both events to every member
+    /// of every small room the moved users were in).
+    pub node_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -167,6 +174,7 @@ impl Default for StoreConfig {
             compliance_url: None,
             connections: 16,
             node: None,
+            node_grace_ms: 60_000,
         }
     }
 }

@@ -23,6 +23,13 @@ struct Pool {
 impl Pool {
     /// None (after saying why) when PostgreSQL cannot run here and this is not CI.
     async fn start(n: usize) -> Option<Pool> {
+        Pool::start_with_grace(n, 2_000).await
+    }
+
+    /// A pool whose nodes keep a silent node's participants `grace_ms`
+    /// (`store.node_grace_ms`) before they leave.
+    async fn start_with_grace(n: usize, grace_ms: u64) -> Option<Pool> {
+        let grace = grace_ms.to_string();
         if let Err(why) = pgcluster::available() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -49,6 +56,7 @@ impl Pool {
                         ("PCHAT_STORE__NODE", name.as_str()),
                         ("PCHAT_LIMITS__POST_RATE_PER_S", "1000"),
                         ("PCHAT_LIMITS__POST_BURST", "1000"),
+                        ("PCHAT_STORE__NODE_GRACE_MS", grace.as_str()),
                     ],
                 )
                 .await,
@@ -406,7 +414,8 @@ async fn participants_and_presence_span_the_pool_and_a_dead_node_lets_go() {
         }
     );
 
-    // Node 1 dies: once it has been silent long enough, bob leaves the room.
+    // Node 1 dies: once it has been silent long enough (and the grace of
+    // 2 s is over), bob leaves the room.
     pool.nodes[1].kill9();
     drop(bob_stream);
     let left = until_event(
@@ -421,4 +430,75 @@ async fn participants_and_presence_span_the_pool_and_a_dead_node_lets_go() {
         .await
         .unwrap();
     assert_eq!(listed.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_moves_to_another_node_within_the_grace_never_leaves() {
+    let Some(mut pool) = Pool::start_with_grace(3, 60_000).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["bob", "carol"]).await;
+    let cat = pool.nodes[0].category("general", json!({})).await;
+    let room = pool.nodes[0]
+        .room("lobby", cat, json!({ "privacy": "open" }))
+        .await;
+    let carol = pool.client(2, &tokens[1]);
+    until_known(&carol, room).await;
+    let mut carol_stream = carol.stream("desk", &[]).await.unwrap();
+    next_event(&mut carol_stream, 5).await;
+    carol.join(room, "desk", None).await.unwrap();
+    let bob1 = pool.client(1, &tokens[0]);
+    until_known(&bob1, room).await;
+    let mut bob_stream = bob1.stream("laptop", &[]).await.unwrap();
+    next_event(&mut bob_stream, 5).await;
+    bob1.join(room, "laptop", None).await.unwrap();
+    until_event(
+        &mut carol_stream,
+        |e| matches!(e, Event::ParticipantJoined { user, .. } if user == "bob"),
+        10,
+    )
+    .await;
+
+    // Node 1 dies. Its clients are slow to come back: bob moves to node 0
+    // only after node 1 counts as silent (8 s, checked every 2 s), but
+    // within the grace.
+    pool.nodes[1].kill9();
+    drop(bob_stream);
+    let mut seen = Vec::new();
+    membership_events(&mut carol_stream, Duration::from_secs(12), &mut seen).await;
+    let bob0 = pool.client(0, &tokens[0]);
+    let mut bob_stream = bob0.stream("laptop", &[]).await.unwrap();
+    next_event(&mut bob_stream, 5).await;
+    bob0.join(room, "laptop", Some(0)).await.unwrap();
+    membership_events(&mut carol_stream, Duration::from_secs(3), &mut seen).await;
+    // Carol saw bob neither leave nor join again.
+    assert_eq!(
+        seen,
+        Vec::<Event>::new(),
+        "a move is not a leave and a join"
+    );
+    let listed: wire::Participants = carol
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .participants
+        .iter()
+        .map(|p| p.user.as_str())
+        .collect();
+    assert_eq!((listed.count, names), (2, vec!["bob", "carol"]));
+}
+
+/// Collects the participant events a stream receives for `time`.
+async fn membership_events(stream: &mut EventStream, time: Duration, seen: &mut Vec<Event>) {
+    let deadline = tokio::time::Instant::now() + time;
+    while let Ok(item) = tokio::time::timeout_at(deadline, stream.next()).await {
+        match item {
+            Ok(StreamItem::Event(
+                e @ (Event::ParticipantJoined { .. } | Event::ParticipantLeft { .. }),
+            )) => seen.push(e),
+            Ok(_) => {}
+            Err(e) => panic!("the stream failed: {e}"),
+        }
+    }
 }
