@@ -68,6 +68,18 @@ pub fn check(
                 );
                 let seen = seen_anywhere.entry(*room).or_default();
                 seen.extend(view.delivered.iter().chain(&view.via_join));
+                // What the endpoint knew, for a witness of a loss.
+                let state = format!(
+                    "joined at {}, highest seen {}{}",
+                    view.base.map_or("-".to_owned(), |b| b.to_string()),
+                    view.max_seen,
+                    if view.joined { "" } else { ", left" },
+                );
+                let who = if log.rejoin.contains(room) {
+                    format!("{who} (moved to another node and not yet joined there again; {state})")
+                } else {
+                    format!("{who} ({state})")
+                };
                 check_view(view, acked.get(room), &who, &mut c);
             }
         }

@@ -42,6 +42,10 @@ pub struct RoomView {
 #[derive(Debug, Default)]
 pub struct EndpointLog {
     pub rooms: HashMap<u32, RoomView>,
+    /// Rooms joined on a node the stream has left and not yet joined again
+    /// on the node it is on now, first to rejoin first. A rejoin cut short
+    /// (its stream lost again) resumes from here on the next connection.
+    pub rejoin: Vec<u32>,
 }
 
 /// Shared state of one endpoint: its log is written by the stream task and
@@ -332,13 +336,19 @@ pub async fn run_stream(
         pool.open.fetch_add(1, Ordering::Relaxed);
         let moved = last_node.is_some_and(|n| n != node) && !joined.is_empty();
         last_node = Some(node);
-        let rejoin = moved.then(|| {
+        let rejoin = {
+            let mut log = ep.log();
+            if moved {
+                log.rejoin = joined.iter().map(|(r, _)| *r).collect();
+            }
+            !log.rejoin.is_empty()
+        }
+        .then(|| {
             tokio::spawn(rejoin_rooms(
                 pool.clone(),
                 ep.clone(),
                 token.clone(),
                 base.clone(),
-                joined.clone(),
                 slot,
             ))
         });
@@ -378,23 +388,43 @@ const REJOIN_TRIES: u32 = 8;
 /// The longest a rejoin keeps trying, refusals included.
 const REJOIN_GIVE_UP: Duration = Duration::from_secs(120);
 
-/// Joins `rooms` again on the node at `base` after the endpoint moved there,
-/// each from the last sequence number seen. A refusal (busy, rate limited)
-/// is retried after its `Retry-After` plus jitter; other failures up to
-/// [`REJOIN_TRIES`] times, backing off. A rejoin that gives up is an error;
-/// the attempts before a success are only counted as retried.
+/// Joins again, on the node at `base`, the rooms of the endpoint's
+/// `rejoin` list, each from the last sequence number it has seen; a room
+/// leaves the list once it is joined (or given up). A refusal (busy, rate
+/// limited) is retried after its `Retry-After` plus jitter; other failures
+/// up to [`REJOIN_TRIES`] times, backing off. A rejoin that gives up is an
+/// error; the attempts before a success are only counted as retried. When
+/// the stream is lost meanwhile this task is aborted and what is left of the
+/// list is rejoined over the next connection.
 async fn rejoin_rooms(
     pool: Arc<Pool>,
     ep: Arc<Endpoint>,
     token: String,
     base: String,
-    rooms: Vec<(u32, u64)>,
     slot: usize,
 ) {
     // The stream's ready frame first, so it carries what follows each join.
     ep.until_connected(Duration::from_secs(10)).await;
     let mut backoff = Backoff::new(retry::seed(pool.seed, retry::kind::REJOIN, slot as u64));
-    for (room, since) in rooms {
+    loop {
+        let next = {
+            let mut log = ep.log();
+            loop {
+                let Some(&room) = log.rejoin.first() else {
+                    break None;
+                };
+                match log.rooms.get(&room) {
+                    Some(v) if v.joined => break Some((room, v.max_seen)),
+                    // Left meanwhile: nothing to rejoin.
+                    _ => {
+                        log.rejoin.remove(0);
+                    }
+                }
+            }
+        };
+        let Some((room, since)) = next else {
+            return;
+        };
         let room_id = pool.room_ids[room as usize];
         let started = Instant::now();
         let mut failures = 0;
@@ -428,6 +458,12 @@ async fn rejoin_rooms(
                 _ = pool.stop.cancelled() => return,
             }
         };
+        // Joined (or given up): off the list.
+        let mut log = ep.log();
+        if log.rejoin.first() == Some(&room) {
+            log.rejoin.remove(0);
+        }
+        drop(log);
         let Some((last, history)) = answer else {
             continue;
         };

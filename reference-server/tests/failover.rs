@@ -185,6 +185,17 @@ nodes = [{{ name = "far1", url = "{u3}" }}]
     let mut acked: Vec<(u64, String)> = Vec::new();
     for (i, (node, token)) in [(&fe1, &users[0]), (&fe2, &users[1])].iter().enumerate() {
         let c = Client::new(node.base.clone()).as_token(token.as_str());
+        // The room was created through fe2: fe1 learns of it from the
+        // store's log shortly after.
+        let mut known = false;
+        for _ in 0..200 {
+            if c.history(room, "limit=1").await.is_ok() {
+                known = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(known, "room {room} never reached {}", node.base);
         for n in 0..25 {
             let m = c
                 .post_message(room, &post(&format!("{i}-{n}")))

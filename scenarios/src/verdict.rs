@@ -227,7 +227,13 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
         return Some(verdict(
             "not measured".into(),
             false,
-            format!("no step ran at {} users (no step ran at all)", claim.users),
+            match &result.ended_because {
+                Some(why) => format!(
+                    "no step ran at {} users: the run ended before its first step completed ({why})",
+                    claim.users
+                ),
+                None => format!("no step ran at {} users (no step ran at all)", claim.users),
+            },
         ));
     };
     let j = judge(step, slo);
@@ -487,6 +493,17 @@ mod tests {
 
         let v = claim_verdict(&result(vec![], Some(20_000))).unwrap();
         assert!(!v.holds && v.measured == "not measured");
+        // A run that ended before any step says why.
+        let mut r = result(vec![], Some(20_000));
+        r.ended_because = Some("step 1 failed: provision the workload: timed out".into());
+        let v = claim_verdict(&r).unwrap();
+        assert!(!v.holds);
+        assert!(
+            v.why
+                .ends_with("(step 1 failed: provision the workload: timed out)"),
+            "{}",
+            v.why
+        );
 
         let mut r = result(vec![], Some(20_000));
         r.not_run.push(NotRun {
