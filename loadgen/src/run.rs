@@ -496,6 +496,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
     let mut outcomes: Vec<Option<ShardOutcome>> = (0..n).map(|_| None).collect();
     let (mut ready, mut ramped, mut done, mut connected) = (0, 0, 0, 0u64);
     let mut window_start = 0.0;
+    let mut arrived_at_start = 0;
     let mut stopped = false;
     let mut failed = None;
     let at_us = |after: Duration| (epoch.elapsed() + after).as_micros() as u64;
@@ -542,6 +543,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
                     // scheduled before they run would start late and count
                     // the generator's start-up as server latency.
                     window_start = epoch.elapsed().as_secs_f64();
+                    arrived_at_start = live.totals().0;
                     live.set_phase("steady");
                     send_all(Command::Steady {
                         at_us: at_us(Duration::from_millis(1500)),
@@ -641,6 +643,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("posted:")?.to_owned(), *v)))
             .collect(),
+        arrived_users: Some(arrived_at_start),
         correctness,
         server_cpu_mean_pct: 0.0,
         server_cpu_peak_pct: 0.0,

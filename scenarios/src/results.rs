@@ -109,6 +109,11 @@ pub struct Step {
     /// existed.
     #[serde(default)]
     pub posts_by_class: BTreeMap<String, u64>,
+    /// Users that had joined all their rooms when the steady window began
+    /// (the rest were still joining: the step did not carry its users).
+    /// Absent from results written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_users: Option<u64>,
     /// What the receivers saw, checked against what was acknowledged.
     pub correctness: Correctness,
     /// Mean and peak CPU (percent of one core, summed over server

@@ -100,6 +100,19 @@ pub fn judge(step: &Step, slo: &Slo) -> Judgement {
         .map(|((key, what), target)| latency_check(step, key, what, target))
         .collect();
 
+    // A step judged at its users must have had them: users still joining
+    // their rooms when the window began were not part of the load.
+    if let Some(arrived) = step.arrived_users {
+        checks.push(Check {
+            what: "load".into(),
+            target: format!("all {} users joined to their rooms", step.users),
+            measured: format!(
+                "{arrived} of {} users had joined their rooms when the steady window began",
+                step.users
+            ),
+            holds: arrived >= step.users,
+        });
+    }
     let ops: u64 = step.operations.values().sum();
     let errors: u64 = step.errors.values().sum();
     let target = format!("≤ {} % of operations", slo.max_error_pct);
@@ -331,6 +344,7 @@ mod tests {
             errors: Default::default(),
             retried: Default::default(),
             posts_by_class: Default::default(),
+            arrived_users: Some(users),
             correctness: Correctness {
                 acknowledged: 100,
                 expected_deliveries: 1000,
@@ -380,6 +394,7 @@ mod tests {
                 "delivery latency",
                 "post acknowledgement",
                 "history read",
+                "load",
                 "errors",
                 "correctness"
             ]
@@ -493,6 +508,16 @@ mod tests {
 
         let v = claim_verdict(&result(vec![], Some(20_000))).unwrap();
         assert!(!v.holds && v.measured == "not measured");
+        // A step whose users were still joining did not carry its load.
+        let mut short = step(20_000, 50.0);
+        short.arrived_users = Some(2_100);
+        let v = claim_verdict(&result(vec![short], Some(20_000))).unwrap();
+        assert!(!v.holds);
+        assert_eq!(
+            v.why,
+            "load: 2100 of 20000 users had joined their rooms when the steady window began \
+             (target all 20000 users joined to their rooms)"
+        );
         // A run that ended before any step says why.
         let mut r = result(vec![], Some(20_000));
         r.ended_because = Some("step 1 failed: provision the workload: timed out".into());

@@ -197,6 +197,7 @@ fn step(users: u64, window: (f64, f64), scale: f64) -> Step {
             ("medium".to_string(), 2 * users / 1000),
             ("large".to_string(), users / 10_000),
         ]),
+        arrived_users: None,
         correctness,
         server_cpu_mean_pct: 4.0 + 150.0 * scale,
         server_cpu_peak_pct: 10.0 + 160.0 * scale,
