@@ -62,24 +62,23 @@ pub fn check(
         for ep in eps {
             let log = ep.log();
             for (room, view) in &log.rooms {
-                let who = format!(
-                    "room {} endpoint {}/{}",
-                    workload.rooms[*room as usize].name, workload.users[u].name, ep.name
-                );
                 let seen = seen_anywhere.entry(*room).or_default();
                 seen.extend(view.delivered.iter().chain(&view.via_join));
-                // What the endpoint knew, for a witness of a loss.
-                let state = format!(
-                    "joined at {}, highest seen {}{}",
+                // Who, and what the endpoint knew, for a witness.
+                let who = format!(
+                    "room {} endpoint {}/{} ({}joined at {}, highest seen {}{})",
+                    workload.rooms[*room as usize].name,
+                    workload.users[u].name,
+                    ep.name,
+                    if log.rejoin.contains(room) {
+                        "moved to another node and not yet joined there again; "
+                    } else {
+                        ""
+                    },
                     view.base.map_or("-".to_owned(), |b| b.to_string()),
                     view.max_seen,
                     if view.joined { "" } else { ", left" },
                 );
-                let who = if log.rejoin.contains(room) {
-                    format!("{who} (moved to another node and not yet joined there again; {state})")
-                } else {
-                    format!("{who} ({state})")
-                };
                 check_view(view, acked.get(room), &who, &mut c);
             }
         }

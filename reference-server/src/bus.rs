@@ -88,9 +88,10 @@ pub async fn run(
                 if env.node == node {
                     continue;
                 }
-                let known = peers.get(&env.node).or(silent.get(&env.node));
+                let was_silent = silent.remove(&env.node);
+                let known = peers.get(&env.node).or(was_silent.as_ref());
                 let restarted = known.is_some_and(|p| p.boot != env.boot);
-                if silent.remove(&env.node).is_some() && !restarted {
+                if was_silent.is_some() && !restarted {
                     tracing::info!(node = %env.node, "silent pool node heard from again; its live state stays");
                 }
                 if restarted {
@@ -112,28 +113,23 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 send(&store, &node, boot, vec![BusEvent::Alive]).await;
-                let dead: Vec<String> = peers
-                    .iter()
-                    .filter(|(_, p)| p.seen.elapsed() > DEAD_AFTER)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for n in dead {
+                peers.retain(|n, p| {
+                    if p.seen.elapsed() <= DEAD_AFTER {
+                        return true;
+                    }
                     tracing::warn!(node = %n, grace_ms = grace.as_millis() as u64,
                         "pool node silent; its live state goes when the grace ends");
-                    if let Some(p) = peers.remove(&n) {
-                        silent.insert(n, Peer { boot: p.boot, seen: Instant::now() });
+                    silent.insert(n.clone(), Peer { seen: Instant::now(), ..*p });
+                    false
+                });
+                silent.retain(|n, p| {
+                    if p.seen.elapsed() < grace {
+                        return true;
                     }
-                }
-                let gone: Vec<String> = silent
-                    .iter()
-                    .filter(|(_, p)| p.seen.elapsed() >= grace)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for n in gone {
                     tracing::warn!(node = %n, "pool node still silent; dropping its live state");
-                    silent.remove(&n);
-                    app.hub.drop_node(&n);
-                }
+                    app.hub.drop_node(n);
+                    false
+                });
             }
         }
     }
