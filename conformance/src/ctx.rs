@@ -453,14 +453,38 @@ impl Ctx {
         endpoint: &str,
         resume: &[(u64, u64)],
     ) -> Result<(Stream<'_>, Vec<wire::JoinedRoom>), Flaw> {
+        self.open_stream(user, endpoint, resume, false).await
+    }
+
+    /// Opens a stream with `rejoin=true` (PC-9.4d).
+    pub async fn stream_rejoining(
+        &self,
+        user: &User,
+        endpoint: &str,
+        resume: &[(u64, u64)],
+    ) -> Result<(Stream<'_>, Vec<wire::JoinedRoom>), Flaw> {
+        self.open_stream(user, endpoint, resume, true).await
+    }
+
+    async fn open_stream(
+        &self,
+        user: &User,
+        endpoint: &str,
+        resume: &[(u64, u64)],
+        rejoin: bool,
+    ) -> Result<(Stream<'_>, Vec<wire::JoinedRoom>), Flaw> {
         let client = Client::with_http(self.http.clone(), self.base.clone()).as_token(&user.token);
         self.log(format!(
-            "ws> open {endpoint} as {} resume {resume:?}",
-            user.name
+            "ws> open {endpoint} as {} resume {resume:?}{}",
+            user.name,
+            if rejoin { " rejoin" } else { "" }
         ));
-        let inner = client
-            .stream(endpoint, resume)
-            .await
+        let inner = if rejoin {
+            client.stream_rejoining(endpoint, resume).await
+        } else {
+            client.stream(endpoint, resume).await
+        };
+        let inner = inner
             .map_err(|e| Flaw::Fail(format!("opening the event stream of {endpoint}: {e}")))?;
         let mut s = Stream {
             cx: self,

@@ -7,7 +7,7 @@
 //! joined room (PC-9.4b), so the checker can hold the server to "nothing lost,
 //! nothing duplicated" across reconnects too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,6 +166,14 @@ struct Frame<'a> {
     text: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     reason: Option<&'a str>,
+    /// A `ready` frame's joined rooms.
+    #[serde(default)]
+    rooms: Vec<ReadyRoom>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReadyRoom {
+    room: u64,
 }
 
 /// Which nodes a simulated client may use, and which it found down. A
@@ -295,8 +303,20 @@ pub async fn run_stream(
             .iter()
             .map(|(r, s)| (pool.room_ids[*r as usize], *s))
             .collect();
+        // On another node the session does not exist: the stream takes the
+        // rooms along (PC-9.4d), and so does the next stream of a move whose
+        // rooms were not all joined yet.
+        let moved = last_node.is_some_and(|n| n != node) && !joined.is_empty();
+        let rejoin = {
+            let mut log = ep.log();
+            if moved {
+                log.rejoin = joined.iter().map(|(r, _)| *r).collect();
+            }
+            !log.rejoin.is_empty()
+        };
         let started = Instant::now();
-        let connect = crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, source);
+        let connect =
+            crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, rejoin, source);
         let ws = tokio::select! {
             r = connect => r,
             _ = pool.stop.cancelled() => return,
@@ -334,16 +354,11 @@ pub async fn run_stream(
         }
         let connected_at = Instant::now();
         pool.open.fetch_add(1, Ordering::Relaxed);
-        let moved = last_node.is_some_and(|n| n != node) && !joined.is_empty();
         last_node = Some(node);
-        let rejoin = {
-            let mut log = ep.log();
-            if moved {
-                log.rejoin = joined.iter().map(|(r, _)| *r).collect();
-            }
-            !log.rejoin.is_empty()
-        }
-        .then(|| {
+        // What the stream could not take along (a server that could not
+        // join a room there) is joined one room at a time.
+        let took_along = rejoin.then_some(started);
+        let rejoin = rejoin.then(|| {
             tokio::spawn(rejoin_rooms(
                 pool.clone(),
                 ep.clone(),
@@ -352,7 +367,7 @@ pub async fn run_stream(
                 slot,
             ))
         });
-        let why = read_stream(&pool, &ep, &mut ws).await;
+        let why = read_stream(&pool, &ep, &mut ws, took_along).await;
         if let Some(r) = rejoin {
             r.abort();
         }
@@ -543,7 +558,12 @@ fn connect_failure(e: &anyhow::Error) -> Failure {
 }
 
 /// Reads frames until the stream ends (Some(reason)) or the run stops (None).
-async fn read_stream(pool: &Pool, ep: &Endpoint, ws: &mut crate::net::Ws) -> Option<String> {
+async fn read_stream(
+    pool: &Pool,
+    ep: &Endpoint,
+    ws: &mut crate::net::Ws,
+    mut rejoin_started: Option<Instant>,
+) -> Option<String> {
     // Made once: a fan-out wakes every stream for a frame each.
     let stopped = pool.stop.cancelled();
     tokio::pin!(stopped);
@@ -555,7 +575,9 @@ async fn read_stream(pool: &Pool, ep: &Endpoint, ws: &mut crate::net::Ws) -> Opt
         match frame {
             None => return Some("closed:eof".into()),
             Some(Err(e)) => return Some(format!("closed:{}", short_ws_error(&e))),
-            Some(Ok(WsMessage::Text(text))) => on_frame(pool, ep, text.as_str()),
+            Some(Ok(WsMessage::Text(text))) => {
+                on_frame(pool, ep, text.as_str(), &mut rejoin_started)
+            }
             Some(Ok(WsMessage::Close(frame))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                 return Some(format!("closed:{code}"));
@@ -576,13 +598,37 @@ fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
     }
 }
 
-fn on_frame(pool: &Pool, ep: &Endpoint, text: &str) {
+/// Takes one frame into the endpoint's log. `rejoin_started` is when the
+/// connection of a stream that takes rooms along (PC-9.4d) was begun.
+fn on_frame(pool: &Pool, ep: &Endpoint, text: &str, rejoin_started: &mut Option<Instant>) {
     let Ok(f) = serde_json::from_str::<Frame<'_>>(text) else {
         pool.recorder.failed("stream", "bad_frame");
         return;
     };
     match f.kind {
-        "ready" => ep.set_connected(true),
+        "ready" => {
+            // The rooms this stream took along are joined again; the rest
+            // of a move's list is left to its rejoin task, which waits for
+            // this frame.
+            {
+                let mut log = ep.log();
+                if !log.rejoin.is_empty() {
+                    let here: HashSet<u32> = f
+                        .rooms
+                        .iter()
+                        .filter_map(|r| pool.room_index.get(&r.room).copied())
+                        .collect();
+                    let before = log.rejoin.len();
+                    log.rejoin.retain(|r| !here.contains(r));
+                    if let Some(at) = rejoin_started.take().filter(|_| log.rejoin.len() < before) {
+                        // From the start of the connection to its ready frame.
+                        pool.recorder
+                            .ok("stream_rejoin", at.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+            ep.set_connected(true);
+        }
         "message" => {
             let (Some(room_id), Some(seq)) = (f.room, f.seq) else {
                 pool.recorder.failed("stream", "bad_frame");

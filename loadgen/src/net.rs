@@ -51,9 +51,11 @@ pub async fn connect_stream(
     token: &str,
     endpoint: &str,
     resume: &[(u64, u64)],
+    rejoin: bool,
     source: Option<IpAddr>,
 ) -> anyhow::Result<Ws> {
-    let request = pchat_protocol::client::stream_request(base, Some(token), endpoint, resume)?;
+    let request =
+        pchat_protocol::client::stream_request(base, Some(token), endpoint, resume, rejoin)?;
     let socket = match dest {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,

@@ -190,6 +190,63 @@ impl CpuSampler {
     }
 }
 
+/// Samples the whole machine's CPU from the first line of /proc/stat:
+/// every process, PostgreSQL included, and the kernel's interrupt and
+/// softirq time that no process is charged with (on loopback, much of a
+/// TCP send's cost is the receiver's softirq).
+pub struct HostCpu {
+    /// (busy, total) ticks at the last sample.
+    last: Option<(u64, u64)>,
+    cores: u32,
+}
+
+impl HostCpu {
+    pub fn new(cores: u32) -> HostCpu {
+        HostCpu {
+            last: host_ticks(),
+            cores: cores.max(1),
+        }
+    }
+
+    /// The machine's busy CPU since the previous call, in percent of one
+    /// core (200 means two cores busy), or 0 when /proc/stat is unreadable.
+    pub fn sample(&mut self) -> f64 {
+        let now = host_ticks();
+        let pct = match (self.last, now) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                100.0 * f64::from(self.cores) * (b1.saturating_sub(b0)) as f64 / (t1 - t0) as f64
+            }
+            _ => 0.0,
+        };
+        self.last = now;
+        pct
+    }
+}
+
+/// (busy, total) CPU ticks of the machine; idle and iowait are not busy.
+fn host_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_host_ticks(stat.lines().next()?)
+}
+
+fn parse_host_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user and nice).
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    Some((total - v[3] - v[4], total))
+}
+
 /// CPU ticks of each of `pids` that can be read, by (pid, start time).
 fn read_ticks(pids: &[u32]) -> std::collections::HashMap<(u32, u64), u64> {
     pids.iter()
@@ -253,6 +310,15 @@ mod tests {
         let pct = s.sample();
         // Only that it saw some use: how much depends on the machine's load.
         assert!(pct > 0.0, "cpu {pct}");
+    }
+
+    #[test]
+    fn host_ticks_count_idle_and_iowait_as_not_busy() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let line = "cpu  100 5 20 1000 50 3 7 2 40 0";
+        assert_eq!(parse_host_ticks(line), Some((137, 1187)));
+        assert_eq!(parse_host_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_host_ticks("cpu  1 x 3 4 5"), None);
     }
 
     /// A shell in a process group of its own; the whole group is killed

@@ -273,8 +273,10 @@ pub async fn run(
     let process_cpu = sampler.await.unwrap_or_default();
     let mut timeline = std::mem::take(&mut *lock(&timeline));
     fill_seconds(&mut timeline, &lock(&live.seconds));
+    // The host's CPU says something about the server only when it runs here.
+    let local_server = !target.server_pids.is_empty();
     for s in &mut steps {
-        fill_server_figures(s, &timeline);
+        fill_server_figures(s, &timeline, local_server.then_some(machine.cores));
     }
     let generator = generator_health(&steps, &timeline, &process_cpu, machine.cores, lag_max_us);
     Ok(RunResult {
@@ -535,15 +537,18 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
                     tick();
                 }
             }
-            Event::Ramped { connected: c } => {
+            Event::Ramped {
+                connected: c,
+                arrived,
+            } => {
                 ramped += 1;
                 connected += c;
+                arrived_at_start += arrived;
                 if ramped == n {
                     // goose needs a moment to start its users; operations
                     // scheduled before they run would start late and count
                     // the generator's start-up as server latency.
                     window_start = epoch.elapsed().as_secs_f64();
-                    arrived_at_start = live.totals().0;
                     live.set_phase("steady");
                     send_all(Command::Steady {
                         at_us: at_us(Duration::from_millis(1500)),
@@ -648,6 +653,8 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         server_cpu_mean_pct: 0.0,
         server_cpu_peak_pct: 0.0,
         server_rss_peak_mib: 0.0,
+        host_cpu_busy_pct: None,
+        host_cpu_saturated_pct: None,
     };
     Ok((step, lag, limits))
 }
@@ -664,6 +671,7 @@ async fn sample_every_second(
 ) -> Vec<ProcessCpu> {
     let mut server = CpuSampler::trees(server_pids);
     let mut me = CpuSampler::new(vec![std::process::id()]);
+    let mut host = crate::procfs::HostCpu::new(crate::procfs::machine().cores);
     let mut others: HashMap<u32, CpuSampler> = HashMap::new();
     let mut per_process = Vec::new();
     let mut tick = tokio::time::interval_at(
@@ -706,6 +714,7 @@ async fn sample_every_second(
             server_cpu_pct: server.sample(),
             server_rss_mib: server.rss() as f64 / 1048576.0,
             loadgen_cpu_pct: generator_pct,
+            host_cpu_pct: host.sample(),
             ..Sample::default()
         };
         {
@@ -768,7 +777,9 @@ fn in_window<'a>(step: &Step, timeline: &'a [Sample]) -> impl Iterator<Item = &'
         .filter(move |s| s.t_s > a && s.t_s <= b + 0.5)
 }
 
-fn fill_server_figures(step: &mut Step, timeline: &[Sample]) {
+/// The server's CPU and RSS over the step's window, and, when the server
+/// runs on this machine of `host_cores`, how busy the machine was.
+fn fill_server_figures(step: &mut Step, timeline: &[Sample], host_cores: Option<u32>) {
     let samples: Vec<&Sample> = in_window(step, timeline).collect();
     if samples.is_empty() {
         return;
@@ -777,6 +788,16 @@ fn fill_server_figures(step: &mut Step, timeline: &[Sample]) {
         samples.iter().map(|s| s.server_cpu_pct).sum::<f64>() / samples.len() as f64;
     step.server_cpu_peak_pct = samples.iter().map(|s| s.server_cpu_pct).fold(0.0, f64::max);
     step.server_rss_peak_mib = samples.iter().map(|s| s.server_rss_mib).fold(0.0, f64::max);
+    if let Some(cores) = host_cores {
+        let busy = |s: &Sample| s.host_cpu_pct / f64::from(cores.max(1));
+        let n = samples.len() as f64;
+        step.host_cpu_busy_pct = Some(samples.iter().map(|s| busy(s)).sum::<f64>() / n);
+        let saturated = samples
+            .iter()
+            .filter(|s| busy(s) >= scenarios::results::HOST_SATURATED_PCT)
+            .count();
+        step.host_cpu_saturated_pct = Some(100.0 * saturated as f64 / n);
+    }
 }
 
 /// Judges whether the generator could do what it was asked. It is

@@ -134,8 +134,9 @@ pub enum Event {
         figures: Box<RawSecond>,
     },
     /// Every arrival is done (or its deadline passed); `connected` of the
-    /// shard's endpoints had their stream open.
-    Ramped { connected: u64 },
+    /// shard's endpoints had their stream open and `arrived` of its users
+    /// had joined all their rooms.
+    Ramped { connected: u64, arrived: u64 },
     /// The schedule is done; deliveries are draining.
     Draining,
     /// The shard's results; its last event.
@@ -423,7 +424,10 @@ async fn run(
         .flatten()
         .filter(|e| e.is_connected())
         .count() as u64;
-    let _ = events.send(Event::Ramped { connected });
+    let _ = events.send(Event::Ramped {
+        connected,
+        arrived: arrived.load(Ordering::Relaxed),
+    });
 
     // Steady state under goose, then a grace period for deliveries.
     let steady = next_command(&mut ctl, &stop).await;

@@ -223,7 +223,27 @@ impl Client {
         endpoint: &str,
         resume: &[(u64, u64)],
     ) -> Result<EventStream, ClientError> {
-        let request = stream_request(&self.base, self.token.as_deref(), endpoint, resume)?;
+        self.open_stream(endpoint, resume, false).await
+    }
+
+    /// Opens the event stream with `rejoin=true` (PC-9.4d): the session
+    /// joins the rooms of `resume` it has not joined, and the stream
+    /// replays each from its entry.
+    pub async fn stream_rejoining(
+        &self,
+        endpoint: &str,
+        resume: &[(u64, u64)],
+    ) -> Result<EventStream, ClientError> {
+        self.open_stream(endpoint, resume, true).await
+    }
+
+    async fn open_stream(
+        &self,
+        endpoint: &str,
+        resume: &[(u64, u64)],
+        rejoin: bool,
+    ) -> Result<EventStream, ClientError> {
+        let request = stream_request(&self.base, self.token.as_deref(), endpoint, resume, rejoin)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
             .write_buffer_size(0);
@@ -234,12 +254,14 @@ impl Client {
 }
 
 /// The WebSocket upgrade request of `GET /v1/stream` (PC-9.4a) for the
-/// server at `base`, with the bearer token in the Authorization header.
+/// server at `base`, with the bearer token in the Authorization header;
+/// with `rejoin`, the resume entries' rooms are joined first (PC-9.4d).
 pub fn stream_request(
     base: &str,
     token: Option<&str>,
     endpoint: &str,
     resume: &[(u64, u64)],
+    rejoin: bool,
 ) -> Result<tungstenite::handshake::client::Request, ClientError> {
     let ws_base = base.replacen("http", "ws", 1);
     let mut url = format!("{ws_base}/v1/stream?endpoint={endpoint}");
@@ -247,6 +269,9 @@ pub fn stream_request(
         let list: Vec<String> = resume.iter().map(|(r, s)| format!("{r}:{s}")).collect();
         url.push_str("&resume=");
         url.push_str(&list.join(","));
+    }
+    if rejoin {
+        url.push_str("&rejoin=true");
     }
     let mut request = url.into_client_request()?;
     if let Some(token) = token {

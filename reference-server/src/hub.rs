@@ -538,6 +538,7 @@ impl Hub {
         state: Option<PresenceState>,
         online: bool,
     ) {
+        let before = self.shown_presence(user);
         // Presence is the user's, whichever node it was set on.
         if let Some(state) = state {
             if let Some(u) = self
@@ -568,6 +569,11 @@ impl Hub {
             }
         }
         let shown = self.shown_presence(user);
+        // Only a change is news: a user whose endpoints moved to another
+        // node comes online there with the presence it had.
+        if shown == before {
+            return;
+        }
         let frame = to_frame(&Event::Presence {
             user: name,
             state: shown,
@@ -579,14 +585,16 @@ impl Hub {
             .get(&user)
             .map(|r| r.iter().copied().collect())
             .unwrap_or_default();
+        // One event per endpoint, however many rooms it shares (PC-12.2a).
+        let mut told: HashSet<usize> = HashSet::new();
         for room in rooms {
             let live = self.room(room);
             let live = live.lock().expect("room lock poisoned");
             if !live.notify {
                 continue;
             }
-            for s in live.subs.values() {
-                if s.user != user {
+            for (key, s) in &live.subs {
+                if s.user != user && told.insert(*key) {
                     s.deliver(Outbound::Frame(frame.clone()), &self.metrics);
                 }
             }
@@ -760,9 +768,18 @@ impl Hub {
         });
         sessions.insert(key, s.clone());
         drop(sessions);
+        // A user already online through another node keeps the presence
+        // set there (its endpoints may have moved here).
+        let elsewhere = {
+            let rp = self.remote_presence.lock().expect("presence lock poisoned");
+            rp.get(&user).and_then(|m| m.values().next().copied())
+        };
         let first = {
             let mut users = self.users.lock().expect("users lock poisoned");
-            let u = users.entry(user).or_default();
+            let u = users.entry(user).or_insert_with(|| UserLive {
+                presence: elsewhere.unwrap_or_default(),
+                ..UserLive::default()
+            });
             u.sessions.push(s.clone());
             u.sessions.len() == 1
         };

@@ -266,6 +266,27 @@ async fn directory_and_settings_changes_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_node_resume_on_a_survivor_without_gaps() {
+    resume_after_a_kill(Rejoin::ByJoin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_take_their_rooms_along_on_the_stream() {
+    resume_after_a_kill(Rejoin::OnStream).await;
+}
+
+/// How a moved client joins its rooms on the survivor.
+#[derive(Clone, Copy, PartialEq)]
+enum Rejoin {
+    /// `POST /join` with `since` (PC-9.3a).
+    ByJoin,
+    /// The stream start's `rejoin` (PC-9.4d).
+    OnStream,
+}
+
+/// Carol reads a room through node 2 while Alice posts through node 0;
+/// node 2 is killed, Carol moves to node 1 and must get every message
+/// once, in order.
+async fn resume_after_a_kill(how: Rejoin) {
     let Some(mut pool) = Pool::start(3).await else {
         return;
     };
@@ -302,14 +323,33 @@ async fn clients_of_a_killed_node_resume_on_a_survivor_without_gaps() {
     pool.nodes[2].kill9();
     drop(stream);
     let carol1 = pool.client(1, &tokens[1]);
-    let mut stream = carol1.stream("phone", &[]).await.unwrap();
-    next_event(&mut stream, 5).await;
-    let rejoined = carol1.join(room, "phone", Some(last)).await.unwrap();
-    assert!(!rejoined.has_more);
-    received.extend(rejoined.messages.iter().map(|m| m.seq));
+    let (mut stream, upto) = match how {
+        Rejoin::ByJoin => {
+            let mut stream = carol1.stream("phone", &[]).await.unwrap();
+            next_event(&mut stream, 5).await;
+            let rejoined = carol1.join(room, "phone", Some(last)).await.unwrap();
+            assert!(!rejoined.has_more);
+            received.extend(rejoined.messages.iter().map(|m| m.seq));
+            (stream, rejoined.last_seq)
+        }
+        Rejoin::OnStream => {
+            let mut stream = carol1
+                .stream_rejoining("phone", &[(room, last)])
+                .await
+                .unwrap();
+            match next_event(&mut stream, 5).await {
+                StreamItem::Event(Event::Ready { rooms, .. }) => assert!(
+                    rooms.iter().any(|r| r.room == room),
+                    "the room is joined on the survivor: {rooms:?}"
+                ),
+                other => panic!("expected ready, got {other:?}"),
+            }
+            (stream, last)
+        }
+    };
     let acked = poster.await.unwrap();
     let top = *acked.last().unwrap();
-    let more = top.saturating_sub(rejoined.last_seq) as usize;
+    let more = top.saturating_sub(upto) as usize;
     received.extend(
         messages(&mut stream, room, more)
             .await
@@ -458,6 +498,19 @@ async fn a_user_who_moves_to_another_node_within_the_grace_never_leaves() {
         10,
     )
     .await;
+    bob1.call::<serde_json::Value>(
+        reqwest::Method::PUT,
+        "/v1/me/presence",
+        Some(&json!({ "state": "busy" })),
+    )
+    .await
+    .unwrap();
+    until_event(
+        &mut carol_stream,
+        |e| matches!(e, Event::Presence { user, .. } if user == "bob"),
+        10,
+    )
+    .await;
 
     // Node 1 dies. Its clients are slow to come back: bob moves to node 0
     // only after node 1 counts as silent (8 s, checked every 2 s), but
@@ -471,11 +524,11 @@ async fn a_user_who_moves_to_another_node_within_the_grace_never_leaves() {
     next_event(&mut bob_stream, 5).await;
     bob0.join(room, "laptop", Some(0)).await.unwrap();
     membership_events(&mut carol_stream, Duration::from_secs(3), &mut seen).await;
-    // Carol saw bob neither leave nor join again.
+    // Carol saw bob neither leave nor join again, nor change presence.
     assert_eq!(
         seen,
         Vec::<Event>::new(),
-        "a move is not a leave and a join"
+        "a move is not a leave and a join, and not a presence change"
     );
     let listed: wire::Participants = carol
         .get(&format!("/v1/rooms/{room}/participants"))
@@ -487,15 +540,31 @@ async fn a_user_who_moves_to_another_node_within_the_grace_never_leaves() {
         .map(|p| p.user.as_str())
         .collect();
     assert_eq!((listed.count, names), (2, vec!["bob", "carol"]));
+    // Through the node bob moved to, he is still busy.
+    let through_new_node: wire::Participants = bob0
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    let bob = through_new_node
+        .participants
+        .iter()
+        .find(|p| p.user == "bob");
+    assert_eq!(
+        bob.map(|p| p.presence),
+        Some(wire::PresenceState::Busy),
+        "presence survives the move"
+    );
 }
 
-/// Collects the participant events a stream receives for `time`.
+/// Collects the participant and presence events a stream receives for `time`.
 async fn membership_events(stream: &mut EventStream, time: Duration, seen: &mut Vec<Event>) {
     let deadline = tokio::time::Instant::now() + time;
     while let Ok(item) = tokio::time::timeout_at(deadline, stream.next()).await {
         match item {
             Ok(StreamItem::Event(
-                e @ (Event::ParticipantJoined { .. } | Event::ParticipantLeft { .. }),
+                e @ (Event::ParticipantJoined { .. }
+                | Event::ParticipantLeft { .. }
+                | Event::Presence { .. }),
             )) => seen.push(e),
             Ok(_) => {}
             Err(e) => panic!("the stream failed: {e}"),

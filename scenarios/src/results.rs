@@ -121,7 +121,21 @@ pub struct Step {
     pub server_cpu_mean_pct: f64,
     pub server_cpu_peak_pct: f64,
     pub server_rss_peak_mib: f64,
+    /// How busy the whole machine's CPU was over the window, in percent of
+    /// all its cores (100 = every core busy): server, load generator,
+    /// PostgreSQL and the kernel's softirq time together. Absent from
+    /// results written before it existed and for an external target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu_busy_pct: Option<f64>,
+    /// The share of the window's seconds (percent) in which the machine's
+    /// CPU was at least [`HOST_SATURATED_PCT`] busy. Absent as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu_saturated_pct: Option<f64>,
 }
+
+/// A second in which the machine's cores were at least this busy (percent
+/// of all of them) counts as saturated: whatever ran then waited for CPU.
+pub const HOST_SATURATED_PCT: f64 = 95.0;
 
 /// A latency distribution in milliseconds, from an HdrHistogram.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -206,6 +220,11 @@ pub struct Sample {
     pub server_rss_mib: f64,
     /// The load generator's own CPU (percent of one core).
     pub loadgen_cpu_pct: f64,
+    /// The whole machine's busy CPU (percent of one core), every process
+    /// and the kernel's interrupt time included. Absent (0) from results
+    /// written before it existed.
+    #[serde(default)]
+    pub host_cpu_pct: f64,
 }
 
 /// The machine a run happened on.

@@ -14,7 +14,7 @@
 //! numbers may describe the load generator or the host rather than the
 //! server, and the verdict says "invalid run: ...".
 
-use crate::results::{RunResult, Step};
+use crate::results::{RunResult, Step, HOST_SATURATED_PCT};
 use crate::Slo;
 
 /// One criterion of the objective at one step.
@@ -164,16 +164,47 @@ pub fn judge(step: &Step, slo: &Slo) -> Judgement {
         .filter(|c| !c.holds)
         .map(|c| format!("{}: {} (target {})", c.what, c.measured, c.target))
         .collect();
+    let why = if failing.is_empty() {
+        "every criterion holds".into()
+    } else {
+        let mut why = failing.join("; ");
+        if let Some(host) = host_cpu(step) {
+            why.push_str("; ");
+            why.push_str(&host);
+        }
+        why
+    };
     Judgement {
         users: step.users,
         holds: failing.is_empty(),
-        why: if failing.is_empty() {
-            "every criterion holds".into()
-        } else {
-            failing.join("; ")
-        },
+        why,
         checks,
     }
+}
+
+/// What the machine's CPU did over a step's window, in words, when the
+/// server ran on the measuring machine: a planner reading why a step broke
+/// needs to know whether the host ran out of CPU (then a bigger host, or
+/// the load generator on another one, is the next run) or not (then the
+/// server's software, or bursts shorter than the one-second samples, set
+/// the limit).
+fn host_cpu(step: &Step) -> Option<String> {
+    let busy = step.host_cpu_busy_pct?;
+    let saturated = step.host_cpu_saturated_pct.unwrap_or(0.0);
+    let figures = format!(
+        "its cores were {busy:.0} % busy on average over the window and \
+         {HOST_SATURATED_PCT:.0} % busy or more in {saturated:.0} % of its seconds (server, load \
+         generator, database and kernel together; the server's processes alone {:.0} % of one core)",
+        step.server_cpu_mean_pct
+    );
+    Some(if busy >= 90.0 || saturated >= 10.0 {
+        format!("the host ran out of CPU: {figures}")
+    } else {
+        format!(
+            "host CPU: {figures}; a burst shorter than a second (such as a large room's fan-out) \
+             does not show in these one-second samples"
+        )
+    })
 }
 
 /// Why a run cannot support a verdict, if it cannot: the generator
@@ -354,6 +385,8 @@ mod tests {
             server_cpu_mean_pct: 0.0,
             server_cpu_peak_pct: 0.0,
             server_rss_peak_mib: 0.0,
+            host_cpu_busy_pct: None,
+            host_cpu_saturated_pct: None,
         }
     }
 
@@ -381,6 +414,45 @@ mod tests {
             limits_hit: vec![],
             not_run: vec![],
         }
+    }
+
+    #[test]
+    fn a_broken_step_says_whether_the_host_ran_out_of_cpu() {
+        let mut s = step(100, 400.0);
+        // Unknown (an external target): nothing said about the host.
+        let j = judge(&s, &Slo::default());
+        assert!(!j.why.contains("host"), "{}", j.why);
+
+        s.server_cpu_mean_pct = 120.0;
+        s.host_cpu_busy_pct = Some(93.0);
+        s.host_cpu_saturated_pct = Some(60.0);
+        let j = judge(&s, &Slo::default());
+        assert!(
+            j.why.contains(
+                "the host ran out of CPU: its cores were 93 % busy on average over the window \
+                 and 95 % busy or more in 60 % of its seconds"
+            ),
+            "{}",
+            j.why
+        );
+        assert!(j.why.contains("alone 120 % of one core"), "{}", j.why);
+
+        // Busy in bursts: a fan-out saturates the host for part of the time.
+        s.host_cpu_busy_pct = Some(70.0);
+        s.host_cpu_saturated_pct = Some(12.0);
+        assert!(judge(&s, &Slo::default()).why.contains("ran out of CPU"));
+
+        s.host_cpu_busy_pct = Some(40.0);
+        s.host_cpu_saturated_pct = Some(1.0);
+        let why = judge(&s, &Slo::default()).why;
+        assert!(!why.contains("ran out of CPU"), "{why}");
+        assert!(why.contains("host CPU: its cores were 40 % busy"), "{why}");
+
+        // A step that holds needs no explanation.
+        let mut ok = step(100, 40.0);
+        ok.host_cpu_busy_pct = Some(99.0);
+        ok.host_cpu_saturated_pct = Some(100.0);
+        assert_eq!(judge(&ok, &Slo::default()).why, "every criterion holds");
     }
 
     #[test]

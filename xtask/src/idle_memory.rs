@@ -317,9 +317,16 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
                     .await
                     .context("join")?;
                 let source = loadgen::net::source_for(dest.ip(), index);
-                let ws =
-                    loadgen::net::connect_stream(&base, dest, &ep.token, &ep.endpoint, &[], source)
-                        .await?;
+                let ws = loadgen::net::connect_stream(
+                    &base,
+                    dest,
+                    &ep.token,
+                    &ep.endpoint,
+                    &[],
+                    false,
+                    source,
+                )
+                .await?;
                 drop(permit);
                 anyhow::Ok(ws)
             }));

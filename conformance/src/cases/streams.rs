@@ -24,6 +24,7 @@ pub fn cases() -> Vec<Case> {
         case!("PC-9.4a", stream_upgrade_and_ready_frame),
         case!("PC-9.4b", resume_fills_the_gap_without_duplicates),
         case!("PC-9.4c", second_stream_replaces_the_first),
+        case!("PC-9.4d", rejoin_takes_the_resumed_rooms_along),
         case!("PC-9.5a", events_are_typed_json_text_frames),
         case!("PC-9.5b", losing_read_permission_removes_the_endpoint),
         case!("PC-9.6a", server_pings_and_closes_silent_clients),
@@ -331,6 +332,97 @@ async fn stream_upgrade_and_ready_frame(cx: &Ctx) -> Check {
         "ready lists the joined room with its last_seq"
     );
     s.close().await;
+    Ok(())
+}
+
+/// A client that moved (here: an endpoint with no session yet) opens its
+/// stream with `rejoin`: it is joined to the readable rooms of its resume
+/// entries and gets what it missed after each entry, then live; a room it
+/// may not read is `not_joined` and joins nothing.
+async fn rejoin_takes_the_resumed_rooms_along(cx: &Ctx) -> Check {
+    let users = cx.actors(2).await?;
+    let (reader, writer) = (&users[0], &users[1]);
+    let a = open_room_for(cx, &[reader, writer]).await?;
+    let b = open_room_for(cx, &[reader, writer]).await?;
+    let closed = cx
+        .room(json!({"privacy": "closed", "members": [writer.principal()]}))
+        .await?;
+    cx.say(writer, a, "a1").await?;
+    let seen = cx.say(writer, a, "a2").await?;
+    for i in 3..=5 {
+        cx.say(writer, a, &format!("a{i}")).await?;
+    }
+    let b1 = cx.say(writer, b, "b1").await?;
+    let ep = cx.endpoint(reader);
+    let (mut s, ready) = cx
+        .stream_rejoining(reader, &ep, &[(a, seen), (b, 0), (closed, 0)])
+        .await?;
+    let mut listed: Vec<(u64, u64)> = ready.iter().map(|r| (r.room, r.last_seq)).collect();
+    listed.sort();
+    let mut want = vec![(a, seen + 3), (b, b1)];
+    want.sort();
+    check_eq!(listed, want, "rooms and join points in ready");
+    let mut events = Vec::new();
+    let count = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Message(m) if m.room == a || m.room == b))
+            .count()
+    };
+    while count(&events) < 4 {
+        events.push(
+            s.until("the messages after the resume entries", |_| true)
+                .await?,
+        );
+    }
+    events.extend(s.drain(Duration::from_millis(500)).await?);
+    let live = cx.say(writer, a, "a6").await?;
+    events.extend(s.drain(Duration::from_millis(700)).await?);
+    let of = |room: u64| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) if m.room == room => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    check_eq!(
+        of(a),
+        vec!["a3", "a4", "a5", "a6"],
+        "room a after its entry {seen}, then live (seq {live})"
+    );
+    check_eq!(of(b), vec!["b1"], "room b after its entry 0");
+    check!(
+        events.iter().any(|e| matches!(e, Event::Removed { room, reason: RemovedReason::NotJoined } if *room == closed)),
+        "no removed/not_joined for a resume entry naming a room the caller may not read"
+    );
+    check!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Message(m) if m.room == closed)),
+        "a message of a room the caller may not read was delivered"
+    );
+    let v = participants(cx, &cx.w.manager.token, a, "").await?;
+    check!(
+        names(&v).contains(&reader.name),
+        "the rejoined user is not a participant of the room"
+    );
+    let v = participants(cx, &writer.token, closed, "").await?;
+    check!(
+        !names(&v).contains(&reader.name),
+        "the caller became a participant of a room it may not read"
+    );
+    s.close().await;
+    let r = cx
+        .get(format!("/v1/stream?endpoint={ep}&rejoin=maybe"))
+        .bearer(&reader.token)
+        .send()
+        .await?;
+    r.err(400, "invalid_request")?;
+    // Without upgrade headers the answer is 400 anyway (PC-9.4a): the
+    // field tells that the value was judged.
+    check_eq!(r.field(), Some("rejoin"), "field of the bad rejoin value");
     Ok(())
 }
 

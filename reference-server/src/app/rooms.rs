@@ -1,6 +1,7 @@
 //! Categories as users see them, rooms, their lists, joining and participants.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use pchat_protocol::{self as wire, ErrorCode, Principal, RemovedReason, RoomList, RoomType};
 
@@ -11,6 +12,7 @@ use crate::domain::{
     name_key, Access, Acl, CategoryId, Directory, Entry, NameOwner, RoomId, RoomRec, UserId,
 };
 use crate::error::{ApiError, ApiResult};
+use crate::hub::Session;
 use crate::store::{Change, IdKind, InvitationRec, Slice};
 
 /// Most messages a join with `since` returns (PC-9.3).
@@ -638,27 +640,69 @@ impl App {
     /// A turn at the stream gate for a stream start (`GET /v1/stream`) that
     /// will replay missed messages from the store: one whose `resume` names
     /// a room the endpoint's session has joined at a point behind what the
-    /// room has published. Other starts need no turn. Call it before the
-    /// stream changes anything, and hold the turn until the replay is done.
+    /// room has published, or, with `rejoin`, any room behind. Other starts
+    /// need no turn. Call it before the stream changes anything, and hold
+    /// the turn until the replay is done.
     pub async fn admit_stream(
         &self,
         caller: &Caller,
         endpoint: &str,
         resume: &HashMap<RoomId, u64>,
+        rejoin: bool,
     ) -> ApiResult<Admitted> {
+        let behind = |room: &RoomId| {
+            resume
+                .get(room)
+                .is_some_and(|seq| *seq < self.hub.last_seq(*room))
+        };
         let behind = !resume.is_empty()
-            && self.hub.find_session(caller.id, endpoint).is_some_and(|s| {
-                s.rooms().into_iter().any(|room| {
-                    resume
-                        .get(&room)
-                        .is_some_and(|seq| *seq < self.hub.last_seq(room))
-                })
-            });
+            && if rejoin {
+                resume.keys().any(behind)
+            } else {
+                self.hub
+                    .find_session(caller.id, endpoint)
+                    .is_some_and(|s| s.rooms().iter().any(behind))
+            };
         if behind {
             self.admission.stream.admit().await
         } else {
             Ok(Admitted::free())
         }
+    }
+
+    /// A stream start's `rejoin` (PC-9.4d): joins `session` to each room
+    /// of `resume` it has not joined and the caller may read, as a join
+    /// would (participant, compliance record), without reading history:
+    /// the stream replays from the resume entry. Rooms that cannot be
+    /// joined are left out (the stream tells of them as `not_joined`).
+    /// Answers how many rooms were joined, once their records are durable.
+    pub async fn rejoin(
+        &self,
+        caller: &Caller,
+        session: &Arc<Session>,
+        resume: &HashMap<RoomId, u64>,
+    ) -> usize {
+        let joined = session.rooms();
+        let mut rooms: Vec<RoomId> = resume
+            .keys()
+            .filter(|r| !joined.contains(r))
+            .filter(|r| {
+                self.with_room(caller, **r, |_, _, access| Ok(access.read))
+                    .unwrap_or(false)
+            })
+            .copied()
+            .collect();
+        if rooms.is_empty() {
+            return 0;
+        }
+        rooms.sort();
+        let limit = self.settings().service.participant_update_limit as usize;
+        for room in &rooms {
+            self.hub.join(*room, session, limit);
+        }
+        // The JOIN records are durable before the stream answers.
+        self.hub.flush_notes().await;
+        rooms.len()
     }
 
     /// `POST /v1/rooms/{id}/leave`.

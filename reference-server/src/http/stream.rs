@@ -78,6 +78,8 @@ fn set_nodelay(tcp: &tokio::net::TcpStream) {
 pub struct StreamQuery {
     endpoint: Option<String>,
     resume: Option<String>,
+    /// `true`: join the resume entries' rooms first (PC-9.4d).
+    rejoin: Option<bool>,
     /// Read by the `Auth` extractor; listed so it is not an unknown parameter.
     #[allow(dead_code)]
     access_token: Option<String>,
@@ -138,8 +140,14 @@ pub async fn stream(
     // A start that will replay missed messages from the store waits for a
     // turn at the stream gate; refused (503 busy), nothing has changed
     // (PC-2.4b). The turn is held until the replay is done.
-    let turn = app.admit_stream(&caller, &endpoint, &resume).await?;
+    let rejoin = q.rejoin.unwrap_or(false);
+    let turn = app
+        .admit_stream(&caller, &endpoint, &resume, rejoin)
+        .await?;
     let session = app.hub.session(caller.id, &caller.name, &endpoint);
+    if rejoin {
+        app.rejoin(&caller, &session, &resume).await;
+    }
     let s = &app.config.stream;
     let ws = ws
         .read_buffer_size(s.read_buffer_bytes)
@@ -374,7 +382,11 @@ impl Connection {
             match resume.get(room) {
                 Some(cursor) if cursor < last => {
                     self.delivered.insert(*room, *cursor);
-                    self.fill(*room, *last).await?;
+                    // Up to what is published now: what came after the
+                    // join point while no stream was attached was queued
+                    // nowhere.
+                    let upto = self.app.hub.last_seq(*room).max(*last);
+                    self.fill(*room, upto).await?;
                 }
                 _ => {
                     self.delivered.insert(*room, *last);

@@ -369,6 +369,15 @@ fn resources_vs_users(r: &RunResult) -> ChartPlan {
         Mark::Dots,
         by_users(|s| s.loadgen_cpu_pct),
     );
+    // Results written before the machine was sampled have none.
+    if r.timeline.iter().any(|s| s.host_cpu_pct > 0.0) {
+        cpu.series(
+            "whole machine CPU",
+            BLUE,
+            Mark::Dots,
+            by_users(|s| s.host_cpu_pct),
+        );
+    }
     let mut rss = Panel::new(
         "active users",
         "server RSS (MiB)",
@@ -387,7 +396,9 @@ fn resources_vs_users(r: &RunResult) -> ChartPlan {
         id: "resources-vs-users",
         title: "Server CPU and memory against users".to_string(),
         caption: "One point per second of the timeline. The load generator's own CPU is shown \
-                  so that a saturated generator is visible next to the server it measures."
+                  so that a saturated generator is visible next to the server it measures; the \
+                  whole machine's CPU (every process, the database included, and the kernel's \
+                  interrupt time) shows when the host itself ran out of cores."
             .to_string(),
         panels: vec![cpu, rss],
     }

@@ -118,6 +118,7 @@ fn sample(t: u32) -> Sample {
         server_cpu_pct: 4.0 + 150.0 * load + 6.0 * wobble(t, 0.5),
         server_rss_mib: 118.0 + 0.0045 * users as f64,
         loadgen_cpu_pct: 3.0 + 55.0 * load + 3.0 * wobble(t, 0.8),
+        host_cpu_pct: (12.0 + 210.0 * load + 6.0 * wobble(t, 0.7)).min(200.0),
     }
 }
 
@@ -202,6 +203,8 @@ fn step(users: u64, window: (f64, f64), scale: f64) -> Step {
         server_cpu_mean_pct: 4.0 + 150.0 * scale,
         server_cpu_peak_pct: 10.0 + 160.0 * scale,
         server_rss_peak_mib: 118.0 + 0.0045 * users as f64 + 4.0,
+        host_cpu_busy_pct: None,
+        host_cpu_saturated_pct: None,
     }
 }
 
