@@ -186,7 +186,8 @@ struct Request<'a> {
 /// Sends one request through goose to user `u`'s node; answers the body on
 /// the expected status, else the protocol error code (or `http:<status>` /
 /// `timeout` / `io`). As a client of a pool would: a node that cannot be
-/// reached is marked down and the request goes to the next node; a refusal
+/// reached is marked down and the request goes to the next node not found
+/// down by this operation; a refusal
 /// (503 busy, 429) is asked again after its `Retry-After` plus jitter, up to
 /// [`MAX_REFUSALS`] times. Those attempts are counted as retried; only the
 /// final failure is the operation's error.
@@ -197,18 +198,21 @@ async fn call(
     req: Request<'_>,
 ) -> Result<Option<Value>, String> {
     let mut refusals = 0;
-    let mut moved = false;
+    // The nodes this operation found unreachable: each is tried once.
+    let mut unreachable: Vec<usize> = Vec::new();
     loop {
         let node = s.health.pick(req.u as usize);
         let failure = match call_node(user, s, node, &req).await {
             Ok(v) => return Ok(v),
             Err(f) => f,
         };
-        if failure.code == "io" && s.nodes.len() > 1 && !moved {
+        if failure.code == "io" && s.nodes.len() > 1 {
             s.health.mark_down(node);
-            if s.health.pick(req.u as usize) != node {
+            unreachable.push(node);
+            // A lost site takes several nodes at once: on to the next one
+            // not yet found down (a backup pool's, after a failover).
+            if !unreachable.contains(&s.health.pick(req.u as usize)) {
                 s.recorder.retried(cx.op, "node_down");
-                moved = true;
                 continue;
             }
         }

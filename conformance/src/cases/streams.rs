@@ -946,6 +946,11 @@ async fn participant_events_stop_above_the_limit(cx: &Ctx) -> Check {
     }
     let users = cx.fresh_users(limit + 3).await?;
     let room = cx.room(json!({"privacy": "open"})).await?;
+    // The members below join without a stream: their sessions live for
+    // endpoint_linger_s (PC-9.1a), and one that expired meanwhile would
+    // leave on its own and spoil the count.
+    let linger = Duration::from_secs(cx.limits.endpoint_linger_s as u64);
+    let started = Instant::now();
     let watcher = &users[0];
     let (ep, _) = cx.join(watcher, room).await?;
     let (mut s, _) = cx.stream(watcher, &ep, &[]).await?;
@@ -983,6 +988,15 @@ async fn participant_events_stop_above_the_limit(cx: &Ctx) -> Check {
         i += 1;
     }
     s.drain(Duration::from_millis(500)).await?;
+    if started.elapsed() >= linger {
+        return Err(Flaw::NotPossible(format!(
+            "joining {} users and leaving took {:.1} s, not less than endpoint_linger_s = {} s: \
+             sessions made by a join without a stream may have expired meanwhile",
+            limit + 2,
+            started.elapsed().as_secs_f64(),
+            linger.as_secs()
+        )));
+    }
     let u = &users[1 + i];
     leave(u, eps[i].clone()).await?.ok(204)?;
     let name = u.name.clone();
