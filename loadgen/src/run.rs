@@ -182,6 +182,7 @@ pub async fn run(
     let progress: Arc<Mutex<Progress>> = Arc::default();
     let sampler = tokio::spawn(sample_every_second(
         epoch,
+        machine.cores,
         target.server_pids.clone(),
         live.clone(),
         timeline.clone(),
@@ -663,6 +664,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
 /// shards report theirs). Returns the CPU of each generator process.
 async fn sample_every_second(
     epoch: Instant,
+    cores: u32,
     server_pids: Vec<u32>,
     live: Arc<Live>,
     timeline: Arc<Mutex<Vec<Sample>>>,
@@ -671,7 +673,7 @@ async fn sample_every_second(
 ) -> Vec<ProcessCpu> {
     let mut server = CpuSampler::trees(server_pids);
     let mut me = CpuSampler::new(vec![std::process::id()]);
-    let mut host = crate::procfs::HostCpu::new(crate::procfs::machine().cores);
+    let mut host = crate::procfs::HostCpu::new(cores);
     let mut others: HashMap<u32, CpuSampler> = HashMap::new();
     let mut per_process = Vec::new();
     let mut tick = tokio::time::interval_at(

@@ -770,10 +770,7 @@ impl Hub {
         drop(sessions);
         // A user already online through another node keeps the presence
         // set there (its endpoints may have moved here).
-        let elsewhere = {
-            let rp = self.remote_presence.lock().expect("presence lock poisoned");
-            rp.get(&user).and_then(|m| m.values().next().copied())
-        };
+        let elsewhere = self.presence_elsewhere(user);
         let first = {
             let mut users = self.users.lock().expect("users lock poisoned");
             let u = users.entry(user).or_insert_with(|| UserLive {
@@ -1142,10 +1139,7 @@ impl Hub {
                 .filter(|u| !u.sessions.is_empty())
                 .map(|u| u.presence)
         };
-        let state = local.or_else(|| {
-            let rp = self.remote_presence.lock().expect("presence lock poisoned");
-            rp.get(&user).and_then(|m| m.values().next().copied())
-        });
+        let state = local.or_else(|| self.presence_elsewhere(user));
         match state {
             None | Some(PresenceState::AppearOffline) => PresenceState::Offline,
             Some(s) => s,
@@ -1158,11 +1152,15 @@ impl Hub {
             let users = self.users.lock().expect("users lock poisoned");
             users.get(&user).map(|u| u.presence)
         };
-        own.or_else(|| {
-            let rp = self.remote_presence.lock().expect("presence lock poisoned");
-            rp.get(&user).and_then(|m| m.values().next().copied())
-        })
-        .unwrap_or_default()
+        own.or_else(|| self.presence_elsewhere(user))
+            .unwrap_or_default()
+    }
+
+    /// The presence another node of the pool announced for a user online
+    /// through it, if any.
+    fn presence_elsewhere(&self, user: UserId) -> Option<PresenceState> {
+        let rp = self.remote_presence.lock().expect("presence lock poisoned");
+        rp.get(&user).and_then(|m| m.values().next().copied())
     }
 
     /// Sets a user's presence and tells everyone sharing a notifying room.

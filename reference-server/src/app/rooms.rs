@@ -650,18 +650,18 @@ impl App {
         resume: &HashMap<RoomId, u64>,
         rejoin: bool,
     ) -> ApiResult<Admitted> {
-        let behind = |room: &RoomId| {
+        let is_behind = |room: &RoomId| {
             resume
                 .get(room)
                 .is_some_and(|seq| *seq < self.hub.last_seq(*room))
         };
         let behind = !resume.is_empty()
             && if rejoin {
-                resume.keys().any(behind)
+                resume.keys().any(is_behind)
             } else {
                 self.hub
                     .find_session(caller.id, endpoint)
-                    .is_some_and(|s| s.rooms().iter().any(behind))
+                    .is_some_and(|s| s.rooms().iter().any(is_behind))
             };
         if behind {
             self.admission.stream.admit().await
@@ -675,13 +675,13 @@ impl App {
     /// would (participant, compliance record), without reading history:
     /// the stream replays from the resume entry. Rooms that cannot be
     /// joined are left out (the stream tells of them as `not_joined`).
-    /// Answers how many rooms were joined, once their records are durable.
+    /// Returns once the joins' records are durable.
     pub async fn rejoin(
         &self,
         caller: &Caller,
         session: &Arc<Session>,
         resume: &HashMap<RoomId, u64>,
-    ) -> usize {
+    ) {
         let joined = session.rooms();
         let mut rooms: Vec<RoomId> = resume
             .keys()
@@ -693,7 +693,7 @@ impl App {
             .copied()
             .collect();
         if rooms.is_empty() {
-            return 0;
+            return;
         }
         rooms.sort();
         let limit = self.settings().service.participant_update_limit as usize;
@@ -702,7 +702,6 @@ impl App {
         }
         // The JOIN records are durable before the stream answers.
         self.hub.flush_notes().await;
-        rooms.len()
     }
 
     /// `POST /v1/rooms/{id}/leave`.
