@@ -295,7 +295,11 @@ impl Session {
 /// Live state of one room.
 #[derive(Debug, Default)]
 pub struct RoomLive {
+    /// The last sequence number published to the room's sessions.
     pub last_seq: u64,
+    /// The last sequence number this node has acknowledged to a poster,
+    /// which the publisher may not have fanned out yet.
+    acked: u64,
     subs: HashMap<usize, Arc<Session>>,
     participants: HashMap<UserId, u32>,
     /// Participants through other nodes of the pool: name and the nodes.
@@ -305,6 +309,15 @@ pub struct RoomLive {
     by_name: BTreeSet<(String, UserId)>,
     /// Whether join/leave/presence notifications flow (PC-12.3 hysteresis).
     notify: bool,
+}
+
+impl RoomLive {
+    /// What a session joining now starts after. A committed message not yet
+    /// published lies at or below it and is read from the store; the
+    /// publisher's copy then arrives as a duplicate and is dropped.
+    fn known(&self) -> u64 {
+        self.last_seq.max(self.acked)
+    }
 }
 
 fn session_key(s: &Arc<Session>) -> usize {
@@ -673,9 +686,19 @@ impl Hub {
             .clone()
     }
 
-    /// The last published sequence number of a room.
+    /// The last sequence number of a room that is published or that this
+    /// node has acknowledged: a poster who was answered reads its own
+    /// message in what follows (room, join, stream start).
     pub fn last_seq(&self, id: RoomId) -> u64 {
-        self.room(id).lock().expect("room lock poisoned").last_seq
+        self.room(id).lock().expect("room lock poisoned").known()
+    }
+
+    /// Notes that `seq` of `room` is committed and about to be
+    /// acknowledged, before the publisher may have fanned it out.
+    pub fn acked(&self, id: RoomId, seq: u64) {
+        let live = self.room(id);
+        let mut live = live.lock().expect("room lock poisoned");
+        live.acked = live.acked.max(seq);
     }
 
     /// Publishes a committed message to every session in its room.
@@ -926,7 +949,7 @@ impl Hub {
     pub fn join(&self, room: RoomId, session: &Arc<Session>, update_limit: usize) -> u64 {
         let live = self.room(room);
         let mut live = live.lock().expect("room lock poisoned");
-        let upto = live.last_seq;
+        let upto = live.known();
         let newly = live
             .subs
             .insert(session_key(session), session.clone())

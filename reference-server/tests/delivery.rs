@@ -100,6 +100,38 @@ async fn a_resumed_stream_gets_exactly_what_it_missed() {
     );
 }
 
+/// A poster who was answered reads its own message at once, although the
+/// fan-out runs after the acknowledgement: in the room's `last_seq` and in
+/// a stream started right after (whose catch-up then holds the message).
+#[tokio::test]
+async fn an_acknowledged_message_is_known_at_once() {
+    let server = TestServer::start_with(&FAST).await;
+    let (users, room) = server.lobby(&["reader", "writer"]).await;
+    let mut s = users[0].stream("desk", &[]).await.unwrap();
+    ready(&mut s).await;
+    users[0].join(room, "desk", None).await.unwrap();
+    drop(s);
+    for n in 0..50u64 {
+        let acked = users[1]
+            .post_message(room, &post(&format!("m{n}")))
+            .await
+            .unwrap()
+            .body
+            .seq;
+        let shown: pchat_protocol::Room = users[1].get(&format!("/v1/rooms/{room}")).await.unwrap();
+        assert_eq!(shown.last_seq, acked, "room after post {n}");
+        let mut s = users[0].stream("desk", &[(room, acked - 1)]).await.unwrap();
+        assert_eq!(
+            ready(&mut s).await,
+            vec![(room, acked)],
+            "ready after post {n}"
+        );
+        let got = messages(&mut s, room, 1, 5).await;
+        assert_eq!(got[0].seq, acked);
+        drop(s);
+    }
+}
+
 #[tokio::test]
 async fn a_second_connection_replaces_the_first_and_data_frames_are_refused() {
     let server = TestServer::start().await;

@@ -106,9 +106,13 @@ impl App {
         match self.store.append(msg).await? {
             Appended::New(m) => {
                 self.metrics.posts.inc();
+                self.hub.acked(m.room, m.seq);
                 Ok(Posted::New(views::message(&m)))
             }
-            Appended::Existing(m) => Ok(Posted::Replayed(views::message(&m))),
+            Appended::Existing(m) => {
+                self.hub.acked(m.room, m.seq);
+                Ok(Posted::Replayed(views::message(&m)))
+            }
             Appended::Conflict => Err(ApiError::new(
                 ErrorCode::IdempotencyConflict,
                 "this client_key was used for a different message",
