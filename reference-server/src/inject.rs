@@ -120,7 +120,8 @@ const HOLD: Duration = Duration::from_secs(3);
 /// [`HOLD`]); then the hub gets seq 2 with message 3's frame and seq 3 with
 /// message 2's, so every joined stream sends 3 before 2. (Swapping the
 /// publications alone would not do: a stream fills any gap from the store.)
-/// While message 2 waits, the room's published `last_seq` lags by one.
+/// While message 2 waits, the room's published `last_seq` lags by one (the
+/// acknowledged one, which answers show, does not).
 pub fn reorder(hub: &Arc<Hub>, room: RoomId, seq: u64, frame: &Frame) -> bool {
     if !active("reordered-delivery") {
         return false;

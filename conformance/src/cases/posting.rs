@@ -20,6 +20,7 @@ pub fn cases() -> Vec<Case> {
         case!("PC-10.3a", seq_continues_after_a_restart, Restart),
         case!("PC-10.3b", acknowledged_posts_survive_kill_9, Restart),
         case!("PC-10.3c", ts_never_decreases_with_seq),
+        case!("PC-10.3d", an_answered_post_is_known_at_once),
         case!("PC-10.4a", history_false_keeps_nothing_readable),
         case!("PC-11.1a", history_pages_before_and_after),
         case!("PC-11.1b", history_and_live_delivery_agree),
@@ -318,6 +319,26 @@ async fn ts_never_decreases_with_seq(cx: &Ctx) -> Check {
         ts.windows(2).all(|w| w[0] <= w[1]),
         "ts decreases with seq: {ts:?}"
     );
+    Ok(())
+}
+
+async fn an_answered_post_is_known_at_once(cx: &Ctx) -> Check {
+    let users = cx.actors(2).await?;
+    let (reader, writer) = (&users[0], &users[1]);
+    let room = room_with(cx, &[reader, writer]).await?;
+    for n in 0..30 {
+        let seq = cx.say(writer, room, &format!("known {n}")).await?;
+        let shown = cx
+            .get(format!("/v1/rooms/{room}"))
+            .as_user(reader)
+            .send()
+            .await?;
+        let last = shown.ok(200)?["last_seq"].as_u64();
+        check!(
+            last.is_some_and(|l| l >= seq),
+            "post {n} was answered with seq {seq}, then the room showed last_seq {last:?}"
+        );
+    }
     Ok(())
 }
 
