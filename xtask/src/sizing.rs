@@ -516,13 +516,31 @@ fn fault_outcome(result: &scenarios::results::RunResult) -> String {
         .iter()
         .map(|s| s.correctness.expected_deliveries)
         .sum();
+    let reconnects = result
+        .steps
+        .iter()
+        .filter_map(|s| s.latencies.get("reconnect"))
+        .filter(|l| l.count > 0)
+        .map(|l| {
+            format!(
+                " Streams back: {} reconnects, from a stream's loss to its `ready` on \
+                 another node p50 {:.1} s, p99 {:.1} s, the last after {:.1} s; a message \
+                 posted meanwhile reaches an endpoint that is still away when it is back, \
+                 which is what the delivery latency of the fault's seconds shows.",
+                l.count,
+                l.p50_ms / 1000.0,
+                l.p99_ms / 1000.0,
+                l.max_ms / 1000.0
+            )
+        })
+        .collect::<String>();
     format!(
         "After the fault: {lost} of {owed} owed deliveries never arrived (an acknowledged \
          message that an endpoint joined to its room never received, on its stream or in a \
          rejoin answer). Recovery time as clients saw it: the longest stretch of the steady \
          state without an acknowledged post was {longest:.0} s (one-second resolution; posts \
          are a few per second at this load, so a second without one is not by itself an \
-         outage)."
+         outage).{reconnects}"
     )
 }
 
