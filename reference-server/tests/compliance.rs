@@ -250,3 +250,64 @@ async fn events_after_an_export_are_recorded_too() {
         .collect();
     assert_eq!(chats, seqs);
 }
+
+/// A burst of joins at once (the participant recorder writes them together):
+/// every answered join has its JOIN record, even when the server is killed
+/// right after the last answer.
+#[tokio::test]
+async fn every_answered_join_of_a_burst_is_recorded_across_kill_9() {
+    let mut server = TestServer::start().await;
+    server
+        .admin
+        .patch::<Value>("/v1/admin/compliance", &json!({ "enabled": true }))
+        .await
+        .expect("enable compliance");
+    let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let users = server.users(&names).await;
+    let cat = server.category("general", json!({})).await;
+    let mut rooms = Vec::new();
+    for r in 0..5 {
+        rooms.push(
+            server
+                .room(&format!("burst{r}"), cat, json!({ "privacy": "open" }))
+                .await,
+        );
+    }
+    let mut joins = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        for &room in &rooms {
+            let u = u.clone();
+            joins.push(tokio::spawn(async move {
+                u.join(room, &format!("e{i}"), None).await.map(|_| room)
+            }));
+        }
+    }
+    let mut answered = 0;
+    for j in joins {
+        j.await.unwrap().expect("join");
+        answered += 1;
+    }
+    server.kill9();
+    let server = server.restart().await;
+    let exported: Value = server
+        .admin_post("/v1/admin/compliance/export", json!({}))
+        .await;
+    assert!(exported["records"].as_u64().unwrap() > 0, "{exported}");
+    let records = exported_jsonl(&server.dir.join("compliance-export"));
+    let mut seen = BTreeSet::new();
+    for r in records.iter().filter(|r| r["kind"] == "JOIN") {
+        let key = (
+            r["user"].as_str().unwrap().to_owned(),
+            r["room"]["id"].as_u64().unwrap(),
+        );
+        assert!(seen.insert(key.clone()), "JOIN {key:?} recorded twice");
+    }
+    assert_eq!(answered, 100);
+    for (i, _) in users.iter().enumerate() {
+        for &room in &rooms {
+            let key = (format!("u{i}"), room);
+            assert!(seen.contains(&key), "no JOIN record for {key:?}");
+        }
+    }
+}

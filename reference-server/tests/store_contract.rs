@@ -152,6 +152,7 @@ contract!(
     invitations_and_followed_rooms,
     clearing_and_removing_messages,
     compliance_events_land_exactly_once,
+    a_batch_of_compliance_events_lands_whole_and_in_order,
 );
 
 fn room(id: i64, name: &str) -> RoomRec {
@@ -693,6 +694,41 @@ fn audit(kind: &'static str) -> ComplianceEvent {
         text: None,
         detail: None,
     }
+}
+
+/// One write of many events (how the participant recorder writes a burst
+/// of joins): every field, set or empty, comes back as written, in the
+/// batch's order, ahead of a later write's events.
+async fn a_batch_of_compliance_events_lands_whole_and_in_order(b: &Backend) {
+    let a = b.open().await;
+    let batch: Vec<ComplianceEvent> = (0..1_200)
+        .map(|i| ComplianceEvent {
+            kind: ["JOIN", "PART", "BACKCHAT"][i % 3],
+            at_ms: 1_000 + i as i64,
+            room: (i % 4 != 0).then(|| (RoomId(i as i64 % 7 + 1), format!("room {i}"))),
+            user: format!("user{i}"),
+            seq: (i % 5 == 0).then_some(i as u64),
+            text: (i % 6 == 0).then(|| format!("text {i} \u{e9}")),
+            detail: (i % 2 == 0).then(|| format!("detail {i}")),
+        })
+        .collect();
+    a.store.record(batch.clone()).await.unwrap();
+    let later = ComplianceEvent {
+        user: "later".into(),
+        ..audit("JOIN")
+    };
+    a.store.record(vec![later.clone()]).await.unwrap();
+    while a.store.pump_compliance().await.unwrap() > 0 {}
+    let records = a.store.compliance_pending(10_000).await.unwrap();
+    let got: Vec<ComplianceEvent> = records.iter().map(|r| r.event.clone()).collect();
+    let mut want = batch;
+    want.push(later);
+    assert_eq!(got.len(), want.len(), "every event of the batch lands once");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "event {i} differs");
+    }
+    let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids follow the order");
 }
 
 async fn clearing_and_removing_messages(b: &Backend) {

@@ -447,36 +447,52 @@ impl App {
     }
 
     /// Records the participant joins and parts the hub reports (PC-14.2).
+    ///
+    /// Notes that queued up while a write was under way are recorded
+    /// together, in their order, in one store write (at most
+    /// [`NOTES_PER_WRITE`]): joins arriving faster than one commit each
+    /// share commits instead of queueing behind each other. A flush is
+    /// answered once the write holding every note before it is done.
     pub async fn run_presence_recorder(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::hub::Note>,
     ) {
         use crate::hub::Note;
-        while let Some(note) = rx.recv().await {
-            let (room, user, joined) = match note {
-                Note::Participant { room, user, joined } => (room, user, joined),
-                Note::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
+        let mut notes = Vec::new();
+        while rx.recv_many(&mut notes, NOTES_PER_WRITE).await > 0 {
+            let mut events = Vec::new();
+            let mut flushed = Vec::new();
+            for note in notes.drain(..) {
+                match note {
+                    Note::Participant { room, user, joined } => {
+                        let name = self
+                            .dir()
+                            .rooms
+                            .get(&room)
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default();
+                        events.push(self.event(
+                            if joined { "JOIN" } else { "PART" },
+                            Some((room, name)),
+                            &user,
+                        ));
+                    }
+                    Note::Flush(done) => flushed.push(done),
                 }
-            };
-            let name = self
-                .dir()
-                .rooms
-                .get(&room)
-                .map(|r| r.name.clone())
-                .unwrap_or_default();
-            let ev = self.event(
-                if joined { "JOIN" } else { "PART" },
-                Some((room, name)),
-                &user,
-            );
-            if let Err(e) = self.comply(vec![ev]).await {
-                tracing::warn!(error = %e, "could not record participant change");
+            }
+            let count = events.len();
+            if let Err(e) = self.comply(events).await {
+                tracing::warn!(error = %e, count, "could not record participant changes");
+            }
+            for done in flushed {
+                let _ = done.send(());
             }
         }
     }
 }
+
+/// The most participant notes one store write records.
+const NOTES_PER_WRITE: usize = 1_000;
 
 /// Mirrors a store change in the directory; returns whether group closures
 /// must be recomputed.

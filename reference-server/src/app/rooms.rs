@@ -589,7 +589,9 @@ impl App {
         // A join that reads history waits for a turn first; refused, it
         // has changed nothing: no session, no participant, no record
         // (PC-2.4b). The turn is held to the answer.
+        // A room with nothing in it yet has no history to read.
         let reads_history = history_on
+            && self.hub.last_seq(room) > 0
             && match req.since {
                 Some(since) => since < self.hub.last_seq(room),
                 None => settings.service.messages_on_join > 0,
@@ -602,7 +604,7 @@ impl App {
         let session = self.hub.session(caller.id, &caller.name, &req.endpoint);
         let limit = settings.service.participant_update_limit as usize;
         let upto = self.hub.join(room, &session, limit);
-        let (stored, has_more) = if !history_on {
+        let (stored, has_more) = if !history_on || upto == 0 {
             (Vec::new(), false)
         } else {
             match req.since {

@@ -620,6 +620,8 @@ fn compliance_row(r: &Row) -> ComplianceRecord {
     }
 }
 
+/// Writes `events` to the compliance outbox in one statement, in their
+/// order (the outbox id follows the array position).
 async fn outbox(c: &impl GenericClient, events: &[ComplianceEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -627,21 +629,34 @@ async fn outbox(c: &impl GenericClient, events: &[ComplianceEvent]) -> Result<()
     let st = c
         .prepare_cached(
             "INSERT INTO compliance_outbox(at, kind, room_id, room_name, user_name, seq, text, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             SELECT at, kind, room_id, room_name, user_name, seq, text, detail
+             FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                         $6::bigint[], $7::text[], $8::text[])
+                  WITH ORDINALITY AS e(at, kind, room_id, room_name, user_name, seq, text, detail, n)
+             ORDER BY n",
         )
         .await?;
-    for e in events {
-        let room_id = e.room.as_ref().map(|(id, _)| id.0);
-        let room_name = e.room.as_ref().map(|(_, n)| n.as_str());
-        let seq = e.seq.map(|s| s as i64);
-        c.execute(
-            &st,
-            &[
-                &e.at_ms, &e.kind, &room_id, &room_name, &e.user, &seq, &e.text, &e.detail,
-            ],
-        )
-        .await?;
-    }
+    let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
+    let kind: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let room_id: Vec<Option<i64>> = events
+        .iter()
+        .map(|e| e.room.as_ref().map(|r| r.0 .0))
+        .collect();
+    let room_name: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.room.as_ref().map(|r| r.1.as_str()))
+        .collect();
+    let user: Vec<&str> = events.iter().map(|e| e.user.as_str()).collect();
+    let seq: Vec<Option<i64>> = events.iter().map(|e| e.seq.map(|s| s as i64)).collect();
+    let text: Vec<Option<&str>> = events.iter().map(|e| e.text.as_deref()).collect();
+    let detail: Vec<Option<&str>> = events.iter().map(|e| e.detail.as_deref()).collect();
+    c.execute(
+        &st,
+        &[
+            &at, &kind, &room_id, &room_name, &user, &seq, &text, &detail,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -1188,32 +1203,50 @@ impl Store for PgStore {
             .query_one("SELECT xid, id FROM pumped WHERE one = 1 FOR UPDATE", &[])
             .await?;
         let mark: (i64, i64) = (mark.get(0), mark.get(1));
-        let st = tx
-            .prepare_cached(
-                "INSERT INTO events(id, xid, at, kind, room_id, room_name, user_name, seq, text, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
-            )
-            .await?;
-        let mut top = mark;
-        for r in &rows {
-            let key: (i64, i64) = (r.get(9), r.get(0));
-            if key <= mark {
-                continue;
-            }
-            let rec = compliance_row(r);
-            let e = &rec.event;
-            let room_id = e.room.as_ref().map(|(id, _)| id.0);
-            let room_name = e.room.as_ref().map(|(_, n)| n.as_str());
-            let seq = e.seq.map(|s| s as i64);
+        let fresh: Vec<(i64, ComplianceRecord)> = rows
+            .iter()
+            .filter(|r| (r.get::<_, i64>(9), r.get::<_, i64>(0)) > mark)
+            .map(|r| (r.get(9), compliance_row(r)))
+            .collect();
+        let top = fresh
+            .iter()
+            .map(|(xid, rec)| (*xid, rec.id))
+            .fold(mark, std::cmp::max);
+        if !fresh.is_empty() {
+            let id: Vec<i64> = fresh.iter().map(|(_, r)| r.id).collect();
+            let xid: Vec<i64> = fresh.iter().map(|(x, _)| *x).collect();
+            let at: Vec<i64> = fresh.iter().map(|(_, r)| r.event.at_ms).collect();
+            let kind: Vec<&str> = fresh.iter().map(|(_, r)| r.event.kind).collect();
+            let room_id: Vec<Option<i64>> = fresh
+                .iter()
+                .map(|(_, r)| r.event.room.as_ref().map(|room| room.0 .0))
+                .collect();
+            let room_name: Vec<Option<&str>> = fresh
+                .iter()
+                .map(|(_, r)| r.event.room.as_ref().map(|room| room.1.as_str()))
+                .collect();
+            let user: Vec<&str> = fresh.iter().map(|(_, r)| r.event.user.as_str()).collect();
+            let seq: Vec<Option<i64>> = fresh
+                .iter()
+                .map(|(_, r)| r.event.seq.map(|s| s as i64))
+                .collect();
+            let text: Vec<Option<&str>> =
+                fresh.iter().map(|(_, r)| r.event.text.as_deref()).collect();
+            let detail: Vec<Option<&str>> = fresh
+                .iter()
+                .map(|(_, r)| r.event.detail.as_deref())
+                .collect();
             tx.execute(
-                &st,
+                "INSERT INTO events(id, xid, at, kind, room_id, room_name, user_name, seq, text, detail)
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                      $5::bigint[], $6::text[], $7::text[], $8::bigint[],
+                                      $9::text[], $10::text[])
+                 ON CONFLICT (id) DO NOTHING",
                 &[
-                    &rec.id, &key.0, &e.at_ms, &e.kind, &room_id, &room_name, &e.user, &seq,
-                    &e.text, &e.detail,
+                    &id, &xid, &at, &kind, &room_id, &room_name, &user, &seq, &text, &detail,
                 ],
             )
             .await?;
-            top = top.max(key);
         }
         tx.execute(
             "UPDATE pumped SET xid = $1, id = $2 WHERE one = 1",
