@@ -51,7 +51,7 @@ async fn a_pool_on_postgresql_is_conformant() {
         .arg(&ready)
         .env("PCHAT_LOG__FILTER", "warn")
         .env("PCHAT_STREAM__HEARTBEAT_INTERVAL_S", "1")
-        .env("PCHAT_STREAM__HEARTBEAT_TIMEOUT_S", "3")
+        .env("PCHAT_STREAM__HEARTBEAT_TIMEOUT_S", "12")
         // As in support::ENV: long enough for PC-12.2b's joined sessions.
         .env("PCHAT_STREAM__ENDPOINT_LINGER_S", "10")
         .stdout(Stdio::null())

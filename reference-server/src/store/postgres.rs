@@ -636,28 +636,60 @@ async fn outbox(c: &impl GenericClient, events: &[ComplianceEvent]) -> Result<()
              ORDER BY n",
         )
         .await?;
-    let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
-    let kind: Vec<&str> = events.iter().map(|e| e.kind).collect();
-    let room_id: Vec<Option<i64>> = events
-        .iter()
-        .map(|e| e.room.as_ref().map(|r| r.0 .0))
-        .collect();
-    let room_name: Vec<Option<&str>> = events
-        .iter()
-        .map(|e| e.room.as_ref().map(|r| r.1.as_str()))
-        .collect();
-    let user: Vec<&str> = events.iter().map(|e| e.user.as_str()).collect();
-    let seq: Vec<Option<i64>> = events.iter().map(|e| e.seq.map(|s| s as i64)).collect();
-    let text: Vec<Option<&str>> = events.iter().map(|e| e.text.as_deref()).collect();
-    let detail: Vec<Option<&str>> = events.iter().map(|e| e.detail.as_deref()).collect();
+    let cols = EventColumns::of(events.iter());
     c.execute(
         &st,
         &[
-            &at, &kind, &room_id, &room_name, &user, &seq, &text, &detail,
+            &cols.at,
+            &cols.kind,
+            &cols.room_id,
+            &cols.room_name,
+            &cols.user,
+            &cols.seq,
+            &cols.text,
+            &cols.detail,
         ],
     )
     .await?;
     Ok(())
+}
+
+/// Compliance events as one array per column, for a multi-row `UNNEST`.
+struct EventColumns<'a> {
+    at: Vec<i64>,
+    kind: Vec<&'a str>,
+    room_id: Vec<Option<i64>>,
+    room_name: Vec<Option<&'a str>>,
+    user: Vec<&'a str>,
+    seq: Vec<Option<i64>>,
+    text: Vec<Option<&'a str>>,
+    detail: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(events: impl Iterator<Item = &'a ComplianceEvent>) -> EventColumns<'a> {
+        let mut c = EventColumns {
+            at: Vec::new(),
+            kind: Vec::new(),
+            room_id: Vec::new(),
+            room_name: Vec::new(),
+            user: Vec::new(),
+            seq: Vec::new(),
+            text: Vec::new(),
+            detail: Vec::new(),
+        };
+        for e in events {
+            c.at.push(e.at_ms);
+            c.kind.push(e.kind);
+            c.room_id.push(e.room.as_ref().map(|r| r.0 .0));
+            c.room_name.push(e.room.as_ref().map(|r| r.1.as_str()));
+            c.user.push(&e.user);
+            c.seq.push(e.seq.map(|s| s as i64));
+            c.text.push(e.text.as_deref());
+            c.detail.push(e.detail.as_deref());
+        }
+        c
+    }
 }
 
 fn now_ms() -> i64 {
@@ -1215,27 +1247,7 @@ impl Store for PgStore {
         if !fresh.is_empty() {
             let id: Vec<i64> = fresh.iter().map(|(_, r)| r.id).collect();
             let xid: Vec<i64> = fresh.iter().map(|(x, _)| *x).collect();
-            let at: Vec<i64> = fresh.iter().map(|(_, r)| r.event.at_ms).collect();
-            let kind: Vec<&str> = fresh.iter().map(|(_, r)| r.event.kind).collect();
-            let room_id: Vec<Option<i64>> = fresh
-                .iter()
-                .map(|(_, r)| r.event.room.as_ref().map(|room| room.0 .0))
-                .collect();
-            let room_name: Vec<Option<&str>> = fresh
-                .iter()
-                .map(|(_, r)| r.event.room.as_ref().map(|room| room.1.as_str()))
-                .collect();
-            let user: Vec<&str> = fresh.iter().map(|(_, r)| r.event.user.as_str()).collect();
-            let seq: Vec<Option<i64>> = fresh
-                .iter()
-                .map(|(_, r)| r.event.seq.map(|s| s as i64))
-                .collect();
-            let text: Vec<Option<&str>> =
-                fresh.iter().map(|(_, r)| r.event.text.as_deref()).collect();
-            let detail: Vec<Option<&str>> = fresh
-                .iter()
-                .map(|(_, r)| r.event.detail.as_deref())
-                .collect();
+            let cols = EventColumns::of(fresh.iter().map(|(_, r)| &r.event));
             tx.execute(
                 "INSERT INTO events(id, xid, at, kind, room_id, room_name, user_name, seq, text, detail)
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
@@ -1243,7 +1255,8 @@ impl Store for PgStore {
                                       $9::text[], $10::text[])
                  ON CONFLICT (id) DO NOTHING",
                 &[
-                    &id, &xid, &at, &kind, &room_id, &room_name, &user, &seq, &text, &detail,
+                    &id, &xid, &cols.at, &cols.kind, &cols.room_id, &cols.room_name, &cols.user,
+                    &cols.seq, &cols.text, &cols.detail,
                 ],
             )
             .await?;
