@@ -67,14 +67,20 @@ fn exported_xml_kinds(dir: &std::path::Path) -> BTreeMap<String, usize> {
     kinds
 }
 
-#[tokio::test]
-async fn every_event_is_recorded_once_and_exported_in_both_formats_even_across_kill_9() {
-    let mut server = TestServer::start().await;
+/// A server started with compliance recording enabled.
+async fn with_compliance() -> TestServer {
+    let server = TestServer::start().await;
     server
         .admin
         .patch::<Value>("/v1/admin/compliance", &json!({ "enabled": true }))
         .await
         .expect("enable compliance");
+    server
+}
+
+#[tokio::test]
+async fn every_event_is_recorded_once_and_exported_in_both_formats_even_across_kill_9() {
+    let mut server = with_compliance().await;
     let users = server.users(&["alice", "bob", "carol"]).await;
     let cat = server.category("general", json!({})).await;
     let quiet = server
@@ -218,12 +224,7 @@ async fn nothing_is_recorded_while_compliance_is_disabled() {
 /// the compliance database then silently ignored the new events as repeats.
 #[tokio::test]
 async fn events_after_an_export_are_recorded_too() {
-    let server = TestServer::start().await;
-    server
-        .admin
-        .patch::<Value>("/v1/admin/compliance", &json!({ "enabled": true }))
-        .await
-        .expect("enable compliance");
+    let server = with_compliance().await;
     let (users, room) = server.lobby(&["alice"]).await;
     let mut seqs = BTreeSet::new();
     for round in 0..3 {
@@ -256,12 +257,7 @@ async fn events_after_an_export_are_recorded_too() {
 /// right after the last answer.
 #[tokio::test]
 async fn every_answered_join_of_a_burst_is_recorded_across_kill_9() {
-    let mut server = TestServer::start().await;
-    server
-        .admin
-        .patch::<Value>("/v1/admin/compliance", &json!({ "enabled": true }))
-        .await
-        .expect("enable compliance");
+    let mut server = with_compliance().await;
     let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let users = server.users(&names).await;
@@ -279,7 +275,7 @@ async fn every_answered_join_of_a_burst_is_recorded_across_kill_9() {
         for &room in &rooms {
             let u = u.clone();
             joins.push(tokio::spawn(async move {
-                u.join(room, &format!("e{i}"), None).await.map(|_| room)
+                u.join(room, &format!("e{i}"), None).await
             }));
         }
     }

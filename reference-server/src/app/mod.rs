@@ -462,22 +462,24 @@ impl App {
         while rx.recv_many(&mut notes, NOTES_PER_WRITE).await > 0 {
             let mut events = Vec::new();
             let mut flushed = Vec::new();
-            for note in notes.drain(..) {
-                match note {
-                    Note::Participant { room, user, joined } => {
-                        let name = self
-                            .dir()
-                            .rooms
-                            .get(&room)
-                            .map(|r| r.name.clone())
-                            .unwrap_or_default();
-                        events.push(self.event(
-                            if joined { "JOIN" } else { "PART" },
-                            Some((room, name)),
-                            &user,
-                        ));
+            {
+                let dir = self.dir();
+                for note in notes.drain(..) {
+                    match note {
+                        Note::Participant { room, user, joined } => {
+                            let name = dir
+                                .rooms
+                                .get(&room)
+                                .map(|r| r.name.clone())
+                                .unwrap_or_default();
+                            events.push(self.event(
+                                if joined { "JOIN" } else { "PART" },
+                                Some((room, name)),
+                                &user,
+                            ));
+                        }
+                        Note::Flush(done) => flushed.push(done),
                     }
-                    Note::Flush(done) => flushed.push(done),
                 }
             }
             let count = events.len();

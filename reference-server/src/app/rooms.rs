@@ -590,10 +590,11 @@ impl App {
         // has changed nothing: no session, no participant, no record
         // (PC-2.4b). The turn is held to the answer.
         // A room with nothing in it yet has no history to read.
+        let known = self.hub.last_seq(room);
         let reads_history = history_on
-            && self.hub.last_seq(room) > 0
+            && known > 0
             && match req.since {
-                Some(since) => since < self.hub.last_seq(room),
+                Some(since) => since < known,
                 None => settings.service.messages_on_join > 0,
             };
         let _turn = if reads_history {
