@@ -143,13 +143,21 @@ impl PostTimes {
 }
 
 /// The text of a generated post: carries the post number (for delivery
-/// latency) and a search term.
-pub fn post_text(post: u32, term: u32) -> String {
-    format!("lg {post} w{term} persistent chat load message")
+/// latency), the node it was posted through (to tell cross-node deliveries
+/// from same-node ones) and a search term.
+pub fn post_text(post: u32, term: u32, node: usize) -> String {
+    format!("lg {post} n{node} w{term} persistent chat load message")
 }
 
-fn post_number(text: &str) -> Option<u32> {
-    text.strip_prefix("lg ")?.split(' ').next()?.parse().ok()
+/// The post number and posting node a generated post's text carries.
+fn post_tag(text: &str) -> Option<(u32, Option<usize>)> {
+    let mut words = text.strip_prefix("lg ")?.split(' ');
+    let post = words.next()?.parse().ok()?;
+    let node = words
+        .next()
+        .and_then(|w| w.strip_prefix('n'))
+        .and_then(|n| n.parse().ok());
+    Some((post, node))
 }
 
 /// The parts of a stream frame the generator reads; everything else is
@@ -367,7 +375,7 @@ pub async fn run_stream(
                 slot,
             ))
         });
-        let why = read_stream(&pool, &ep, &mut ws, took_along).await;
+        let why = read_stream(&pool, &ep, &mut ws, node, took_along).await;
         if let Some(r) = rejoin {
             r.abort();
         }
@@ -395,6 +403,10 @@ pub async fn run_stream(
 /// The code of a connection attempt refused or unreachable at the TCP
 /// level: the node is down.
 const NODE_DOWN: &str = "node_down";
+/// Deliveries on a pool to a stream on the node the post went through, and
+/// to a stream on another node: the same samples as `delivery`, split.
+pub const DELIVERY_SAME_NODE: &str = "delivery_same_node";
+pub const DELIVERY_CROSS_NODE: &str = "delivery_cross_node";
 /// A stream that stayed open this long was a success: the waits before
 /// the next reconnect start short again.
 const STABLE_STREAM: Duration = Duration::from_secs(5);
@@ -542,6 +554,9 @@ fn connect_failure(e: &anyhow::Error) -> Failure {
             retry_after: r.retry_after,
         };
     }
+    if e.is::<crate::net::ConnectTimedOut>() {
+        return Failure::new("timeout");
+    }
     let text = format!("{e:#}");
     let code = if text.contains("Address already in use")
         || text.contains("Cannot assign requested address")
@@ -562,6 +577,7 @@ async fn read_stream(
     pool: &Pool,
     ep: &Endpoint,
     ws: &mut crate::net::Ws,
+    node: usize,
     mut rejoin_started: Option<Instant>,
 ) -> Option<String> {
     // Made once: a fan-out wakes every stream for a frame each.
@@ -576,7 +592,7 @@ async fn read_stream(
             None => return Some("closed:eof".into()),
             Some(Err(e)) => return Some(format!("closed:{}", short_ws_error(&e))),
             Some(Ok(WsMessage::Text(text))) => {
-                on_frame(pool, ep, text.as_str(), &mut rejoin_started)
+                on_frame(pool, ep, node, text.as_str(), &mut rejoin_started)
             }
             Some(Ok(WsMessage::Close(frame))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
@@ -600,7 +616,13 @@ fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
 
 /// Takes one frame into the endpoint's log. `rejoin_started` is when the
 /// connection of a stream that takes rooms along (PC-9.4d) was begun.
-fn on_frame(pool: &Pool, ep: &Endpoint, text: &str, rejoin_started: &mut Option<Instant>) {
+fn on_frame(
+    pool: &Pool,
+    ep: &Endpoint,
+    node: usize,
+    text: &str,
+    rejoin_started: &mut Option<Instant>,
+) {
     let Ok(f) = serde_json::from_str::<Frame<'_>>(text) else {
         pool.recorder.failed("stream", "bad_frame");
         return;
@@ -643,13 +665,21 @@ fn on_frame(pool: &Pool, ep: &Endpoint, text: &str, rejoin_started: &mut Option<
                 v.delivered.push(seq);
                 v.max_seen = v.max_seen.max(seq);
             }
-            if let Some(us) = f
-                .text
-                .as_deref()
-                .and_then(post_number)
-                .and_then(|p| pool.posts.since(p))
-            {
+            let Some((post, from)) = f.text.as_deref().and_then(post_tag) else {
+                return;
+            };
+            if let Some(us) = pool.posts.since(post) {
                 pool.recorder.ok("delivery", us);
+                // On a pool: the same delivery again, by whether it
+                // crossed from the posting node to another.
+                if let Some(from) = from.filter(|_| pool.nodes.len() > 1) {
+                    let split = if from == node {
+                        DELIVERY_SAME_NODE
+                    } else {
+                        DELIVERY_CROSS_NODE
+                    };
+                    pool.recorder.breakdown(split, us);
+                }
             }
         }
         // `not_joined` answers a resume entry on a node that has no session
@@ -691,8 +721,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn post_numbers_round_trip_through_the_text() {
-        assert_eq!(post_number(&post_text(4711, 3)), Some(4711));
-        assert_eq!(post_number("hello"), None);
+    fn post_numbers_and_nodes_round_trip_through_the_text() {
+        assert_eq!(post_tag(&post_text(4711, 3, 2)), Some((4711, Some(2))));
+        assert_eq!(post_tag(&post_text(0, 0, 0)), Some((0, Some(0))));
+        // A post without a node (an older generator's) still has its number.
+        assert_eq!(post_tag("lg 12 w3 persistent"), Some((12, None)));
+        assert_eq!(post_tag("hello"), None);
+        assert_eq!(post_tag("lg x n1"), None);
     }
 }

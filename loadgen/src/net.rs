@@ -54,6 +54,45 @@ pub async fn connect_stream(
     rejoin: bool,
     source: Option<IpAddr>,
 ) -> anyhow::Result<Ws> {
+    let connect = open_stream(base, dest, token, endpoint, resume, rejoin, source);
+    match tokio::time::timeout(STREAM_CONNECT_TIMEOUT, connect).await {
+        Ok(answer) => answer,
+        Err(_) => Err(anyhow::Error::new(ConnectTimedOut)),
+    }
+}
+
+/// How long a stream's connection and WebSocket handshake may take. A
+/// handshake whose packets the server's kernel dropped (its accept queue
+/// full in a reconnect storm) can otherwise hang for minutes; a client
+/// gives up and tries again.
+pub const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A stream's connection or handshake took longer than
+/// [`STREAM_CONNECT_TIMEOUT`].
+#[derive(Debug)]
+pub struct ConnectTimedOut;
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream connection not open after {} s",
+            STREAM_CONNECT_TIMEOUT.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+async fn open_stream(
+    base: &str,
+    dest: SocketAddr,
+    token: &str,
+    endpoint: &str,
+    resume: &[(u64, u64)],
+    rejoin: bool,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
     let request =
         pchat_protocol::client::stream_request(base, Some(token), endpoint, resume, rejoin)?;
     let socket = match dest {

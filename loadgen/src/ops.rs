@@ -285,8 +285,12 @@ async fn perform(
     match op.kind {
         OpKind::Post { room, poster, post } => {
             let room_id = s.room_ids[room as usize];
+            // The node this post is meant for; a retry that moves to
+            // another (its node went down) keeps the text, and its
+            // deliveries count as crossing from the first.
+            let node = s.health.pick(poster as usize);
             let body = json!({
-                "text": post_text(post, post % crate::schedule::SEARCH_TERMS),
+                "text": post_text(post, post % crate::schedule::SEARCH_TERMS, node),
                 "client_key": format!("{}p{post}", w.namespace),
             });
             let req = Request {

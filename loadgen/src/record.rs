@@ -268,6 +268,19 @@ impl Recorder {
         }
     }
 
+    /// A latency that breaks down samples already recorded under another
+    /// operation (deliveries by node): kept in the window's histograms
+    /// only, so that it adds no operation, request or per-second figure.
+    pub fn breakdown(&self, key: &'static str, latency_us: u64) {
+        let mut s = self.lock();
+        if s.in_window {
+            s.window
+                .entry(key)
+                .or_insert_with(histogram)
+                .saturating_record(latency_us.clamp(1, MAX_US));
+        }
+    }
+
     /// A completed operation without a latency of its own (an endpoint's
     /// stream found open at the end of a window).
     pub fn succeeded(&self, op: &'static str) {
@@ -426,6 +439,28 @@ mod tests {
         assert_eq!(s.errors, 1);
         assert_eq!(s.retried, 3);
         assert!(r.take_second().post_ack.is_none());
+    }
+
+    #[test]
+    fn a_breakdown_adds_a_histogram_but_no_operation() {
+        let r = Recorder::default();
+        r.breakdown("delivery_cross_node", 5_000);
+        r.set_window(true);
+        for us in [1_000, 2_000, 3_000] {
+            r.ok("delivery", us);
+        }
+        r.breakdown("delivery_same_node", 1_000);
+        r.breakdown("delivery_cross_node", 2_000);
+        r.breakdown("delivery_cross_node", 3_000);
+        let w = r.take_window();
+        assert_eq!(w.latencies["delivery"].count, 3);
+        assert_eq!(w.latencies["delivery_same_node"].count, 1);
+        // The sample before the window is not in it.
+        assert_eq!(w.latencies["delivery_cross_node"].count, 2);
+        assert!((w.latencies["delivery_cross_node"].max_ms - 3.0).abs() < 0.01);
+        assert_eq!(w.operations.keys().collect::<Vec<_>>(), vec!["delivery"]);
+        let s = r.take_second();
+        assert_eq!((s.deliveries, s.requests), (3, 0));
     }
 
     #[test]

@@ -86,12 +86,30 @@ impl Running {
     }
 }
 
+/// Connections the kernel may hold for the server before it accepts them
+/// (capped by `net.core.somaxconn`). The default of 1,024 overflowed when
+/// a lost node's 20,000 endpoints came back at once: the kernel then drops
+/// handshakes, and a client can wait a minute or more for its retransmits.
+const LISTEN_BACKLOG: u32 = 16_384;
+
 /// Binds `config.listen` and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     start_on(listener, config, CancellationToken::new()).await
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server may take its port
+    // back while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Starts serving on an already bound listener; `shutdown` stops it.

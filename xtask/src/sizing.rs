@@ -630,6 +630,25 @@ pub fn report_input(
             ));
         }
     }
+    for step in &result.steps {
+        let split = (
+            step.latencies.get(loadgen::endpoints::DELIVERY_SAME_NODE),
+            step.latencies.get(loadgen::endpoints::DELIVERY_CROSS_NODE),
+        );
+        if let (Some(same), Some(cross)) = split {
+            notes.push(format!(
+                "Cross-node delivery at {} users: p99 {:.1} ms over {} deliveries to a stream on \
+                 another node than the one the post went through, against {:.1} ms over {} on the \
+                 same node ({:+.1} ms; a pool's target is at most 20 ms more).",
+                step.users,
+                cross.p99_ms,
+                cross.count,
+                same.p99_ms,
+                same.count,
+                cross.p99_ms - same.p99_ms
+            ));
+        }
+    }
     for n in &result.not_run {
         notes.push(format!(
             "Not run: the step at {} active users. {}",
