@@ -219,6 +219,13 @@ impl RawWindow {
     }
 }
 
+/// Records one latency (already clamped) in `key`'s histogram of `map`.
+fn sample(map: &mut BTreeMap<&'static str, Histogram<u64>>, key: &'static str, us: u64) {
+    map.entry(key)
+        .or_insert_with(histogram)
+        .saturating_record(us);
+}
+
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
@@ -248,10 +255,7 @@ impl Recorder {
     pub fn ok(&self, op: &'static str, latency_us: u64) {
         let mut s = self.lock();
         let v = latency_us.clamp(1, MAX_US);
-        s.second
-            .entry(op)
-            .or_insert_with(histogram)
-            .saturating_record(v);
+        sample(&mut s.second, op, v);
         s.second_counts.requests += (op != "delivery") as u64;
         if op == "post_ack" {
             s.second_counts.posts += 1;
@@ -260,10 +264,7 @@ impl Recorder {
             s.second_counts.deliveries += 1;
         }
         if s.in_window {
-            s.window
-                .entry(op)
-                .or_insert_with(histogram)
-                .saturating_record(v);
+            sample(&mut s.window, op, v);
             *s.window_counts.operations.entry(op).or_insert(0) += 1;
         }
     }
@@ -274,10 +275,7 @@ impl Recorder {
     pub fn breakdown(&self, key: &'static str, latency_us: u64) {
         let mut s = self.lock();
         if s.in_window {
-            s.window
-                .entry(key)
-                .or_insert_with(histogram)
-                .saturating_record(latency_us.clamp(1, MAX_US));
+            sample(&mut s.window, key, latency_us.clamp(1, MAX_US));
         }
     }
 
