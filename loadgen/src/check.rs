@@ -65,11 +65,17 @@ pub fn check(
                 let seen = seen_anywhere.entry(*room).or_default();
                 seen.extend(view.delivered.iter().chain(&view.via_join));
                 // Who, and what the endpoint knew, for a witness.
+                let away = !ep.is_connected();
                 let who = format!(
-                    "room {} endpoint {}/{} ({}joined at {}, highest seen {}{})",
+                    "room {} endpoint {}/{} ({}{}joined at {}, highest seen {}{})",
                     workload.rooms[*room as usize].name,
                     workload.users[u].name,
                     ep.name,
+                    if away {
+                        "without its stream at the end; "
+                    } else {
+                        ""
+                    },
                     if log.rejoin.contains(room) {
                         "moved to another node and not yet joined there again; "
                     } else {
@@ -79,7 +85,11 @@ pub fn check(
                     view.max_seen,
                     if view.joined { "" } else { ", left" },
                 );
+                let lost = c.lost;
                 check_view(view, acked.get(room), &who, &mut c);
+                if away {
+                    c.lost_while_away += c.lost - lost;
+                }
             }
         }
     }

@@ -55,6 +55,9 @@ pub struct Endpoint {
     pub log: Mutex<EndpointLog>,
     /// Set once the stream has received its `ready` frame.
     connected: std::sync::atomic::AtomicBool,
+    /// What the stream task is doing (a [`phase`] constant): why an
+    /// endpoint is without its stream when the run ends.
+    phase: std::sync::atomic::AtomicU8,
     /// Wakes those waiting for the stream (joins follow its `ready`).
     ready: tokio::sync::Notify,
 }
@@ -65,7 +68,23 @@ impl Endpoint {
             name: format!("e{index}"),
             log: Mutex::new(EndpointLog::default()),
             connected: false.into(),
+            phase: phase::WAITING.into(),
             ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn set_phase(&self, p: u8) {
+        self.phase.store(p, Ordering::Relaxed);
+    }
+
+    /// Why the endpoint is without its stream now, in a word: `connecting`
+    /// (an attempt under way), `waiting` (before the next attempt) or
+    /// `unready` (open, its `ready` frame not yet arrived).
+    pub fn absence(&self) -> &'static str {
+        match self.phase.load(Ordering::Relaxed) {
+            phase::CONNECTING => "connecting",
+            phase::OPEN => "unready",
+            _ => "waiting",
         }
     }
 
@@ -74,7 +93,7 @@ impl Endpoint {
         self.connected.load(Ordering::Acquire)
     }
 
-    fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Release);
         if connected {
             self.ready.notify_waiters();
@@ -187,8 +206,10 @@ struct ReadyRoom {
 /// Which nodes a simulated client may use, and which it found down. A
 /// client knows every node of the deployment (as it would through the
 /// pool's DNS name): it talks to its home node, `u % home`, and when that
-/// refuses it moves to the next one that is not known to be down, the
-/// other home nodes first, then the backup pool's.
+/// refuses it moves to one of the other home nodes not known to be down,
+/// or, when every home node is down, to the backup pool's. The clients of
+/// a lost node spread evenly over the survivors, as the pool's DNS name
+/// would spread them, rather than all landing on the next node.
 pub struct NodeHealth {
     home: usize,
     down_until_ms: Vec<AtomicU64>,
@@ -218,21 +239,29 @@ impl NodeHealth {
         u % self.home
     }
 
-    /// The node `u` should use now: its home node, or the next one not
-    /// known to be down.
+    /// The node `u` should use now: its home node while that is not
+    /// known to be down; else one of the other home nodes that are not,
+    /// chosen by `u` so that a lost node's users spread evenly over them;
+    /// else the first backup node that is not; else the home node.
     pub fn pick(&self, u: usize) -> usize {
         let now = self.now_ms();
-        let n = self.down_until_ms.len();
+        let up = |i: usize| self.down_until_ms[i].load(Ordering::Relaxed) <= now;
         let h = self.home_of(u);
-        let order = (0..self.home)
-            .map(|k| (h + k) % self.home)
-            .chain(self.home..n);
-        for i in order {
-            if self.down_until_ms[i].load(Ordering::Relaxed) <= now {
-                return i;
-            }
+        if up(h) {
+            return h;
         }
-        h
+        // The users of home h are h, h + home, h + 2·home, ...: the
+        // quotient deals them out over the survivors in turn.
+        let others: Vec<usize> = (1..self.home)
+            .map(|k| (h + k) % self.home)
+            .filter(|&i| up(i))
+            .collect();
+        if !others.is_empty() {
+            return others[(u / self.home) % others.len()];
+        }
+        (self.home..self.down_until_ms.len())
+            .find(|&i| up(i))
+            .unwrap_or(h)
     }
 
     /// Marks a node down for a while after it refused a connection.
@@ -250,6 +279,16 @@ pub struct Node {
     pub dest: SocketAddr,
 }
 
+/// Phases of an endpoint's stream task.
+mod phase {
+    /// Before an attempt: its first, or after a lost or refused stream.
+    pub const WAITING: u8 = 0;
+    /// Opening the connection and its upgrade.
+    pub const CONNECTING: u8 = 1;
+    /// Open; `connected` says whether its `ready` frame has come.
+    pub const OPEN: u8 = 2;
+}
+
 /// What the stream tasks share.
 pub struct Pool {
     /// The nodes of the target; a user's streams go to
@@ -264,6 +303,9 @@ pub struct Pool {
     pub stop: CancellationToken,
     /// Streams currently open.
     pub open: AtomicU64,
+    /// Message frames received so far: the drain after a step waits while
+    /// this still grows.
+    pub messages: AtomicU64,
     /// Which nodes answer (shared with the request workers).
     pub health: Arc<NodeHealth>,
     /// For rejoining rooms on another node after a move.
@@ -323,6 +365,7 @@ pub async fn run_stream(
             !log.rejoin.is_empty()
         };
         let started = Instant::now();
+        ep.set_phase(phase::CONNECTING);
         let connect =
             crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, rejoin, source);
         let ws = tokio::select! {
@@ -332,6 +375,7 @@ pub async fn run_stream(
         let mut ws = match ws {
             Ok(ws) => ws,
             Err(e) => {
+                ep.set_phase(phase::WAITING);
                 let failure = connect_failure(&e);
                 let wait = if failure.is_refusal() {
                     backoff.after_refusal(failure.retry_after)
@@ -361,6 +405,7 @@ pub async fn run_stream(
                 .ok("reconnect", at.elapsed().as_micros() as u64);
         }
         let connected_at = Instant::now();
+        ep.set_phase(phase::OPEN);
         pool.open.fetch_add(1, Ordering::Relaxed);
         last_node = Some(node);
         // What the stream could not take along (a server that could not
@@ -381,6 +426,7 @@ pub async fn run_stream(
         }
         pool.open.fetch_sub(1, Ordering::Relaxed);
         ep.set_connected(false);
+        ep.set_phase(phase::WAITING);
         let Some(reason) = why else {
             // Stopped: close politely, briefly.
             let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
@@ -659,6 +705,7 @@ fn on_frame(
             let Some(&room) = pool.room_index.get(&room_id) else {
                 return;
             };
+            pool.messages.fetch_add(1, Ordering::Relaxed);
             {
                 let mut log = ep.log();
                 let v = log.rooms.entry(room).or_default();
@@ -719,6 +766,36 @@ pub fn record_leave(ep: &Endpoint, room: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_nodes_users_spread_evenly_over_the_survivors() {
+        let h = NodeHealth::new(4, 4);
+        assert_eq!(
+            (0..8).map(|u| h.pick(u)).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 0, 1, 2, 3]
+        );
+        h.mark_down(1);
+        // Users 1, 5, 9, ... lived on node 1: dealt out over 2, 3 and 0.
+        let moved: Vec<usize> = (0..12).map(|j| h.pick(1 + 4 * j)).collect();
+        assert_eq!(moved, [2, 3, 0, 2, 3, 0, 2, 3, 0, 2, 3, 0]);
+        // Everyone else stays home.
+        assert!((0..400).filter(|u| u % 4 != 1).all(|u| h.pick(u) == u % 4));
+    }
+
+    #[test]
+    fn the_backup_nodes_take_over_only_when_every_home_node_is_down() {
+        let h = NodeHealth::new(6, 4);
+        for n in 0..3 {
+            h.mark_down(n);
+        }
+        assert!((0..40).all(|u| h.pick(u) == 3), "the last home node first");
+        h.mark_down(3);
+        assert!((0..40).all(|u| h.pick(u) == 4));
+        h.mark_down(4);
+        assert!((0..40).all(|u| h.pick(u) == 5));
+        h.mark_down(5);
+        assert!((0..40).all(|u| h.pick(u) == u % 4), "all down: home again");
+    }
 
     #[test]
     fn post_numbers_and_nodes_round_trip_through_the_text() {

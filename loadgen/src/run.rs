@@ -611,6 +611,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
                 .and_then(|e| e.get(v.endpoint as usize))
             {
                 ep.log().rooms.extend(v.rooms);
+                ep.set_connected(v.connected);
             }
         }
     }

@@ -165,6 +165,8 @@ pub struct EndpointViews {
     pub user: u32,
     pub endpoint: u8,
     pub rooms: Vec<(u32, RoomView)>,
+    /// Whether its stream was open (`ready`) when the window ended.
+    pub connected: bool,
 }
 
 /// Joins in flight during a ramp, over all shards: enough to keep up with
@@ -291,6 +293,7 @@ async fn run(
         room_ids: spec.room_ids.to_vec(),
         stop: CancellationToken::new(),
         open: AtomicU64::new(0),
+        messages: AtomicU64::new(0),
         seed: p.schedule_seed,
     });
     // Other shards' users get no endpoints here.
@@ -468,17 +471,21 @@ async fn run(
     }
     let _ = events.send(Event::Draining);
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(p.grace_ms)) => {}
+        _ = drain(&pool, Duration::from_millis(p.grace_ms)) => {}
         _ = stop.cancelled() => {}
     }
     // Every endpoint's stream is checked once at the end: one without it
     // (lost and not back, or never opened) is what its user would notice,
     // an error; the losses it recovered from are only retried.
+    let mut connected_at_end = Vec::new();
     for ep in endpoints.iter().flatten() {
+        connected_at_end.push(ep.is_connected());
         if ep.is_connected() {
             recorder.succeeded("stream");
         } else {
-            recorder.failed("stream", "down");
+            // Down, and why: still connecting, waiting to try again, or
+            // open without its `ready` frame.
+            recorder.failed("stream", &format!("down:{}", ep.absence()));
         }
     }
     recorder.set_window(false);
@@ -491,6 +498,7 @@ async fn run(
 
     let acks = std::mem::take(&mut *shared.acks.lock().unwrap_or_else(|p| p.into_inner()));
     let mut views = Vec::new();
+    let mut connected = connected_at_end.into_iter();
     for (u, eps) in endpoints.iter().enumerate() {
         for (e, ep) in eps.iter().enumerate() {
             let rooms = std::mem::take(&mut ep.log().rooms);
@@ -498,6 +506,7 @@ async fn run(
                 user: u as u32,
                 endpoint: e as u8,
                 rooms: rooms.into_iter().collect(),
+                connected: connected.next().unwrap_or(false),
             });
         }
     }
@@ -508,6 +517,34 @@ async fn run(
         views,
         lag_max_us: shared.lag_max_us.load(Ordering::Relaxed),
     })
+}
+
+/// How long the drain goes on past the grace while messages still arrive.
+const DRAIN_MAX: Duration = Duration::from_secs(120);
+/// A drain past the grace ends once this passes without a message.
+const DRAIN_QUIET: Duration = Duration::from_secs(3);
+
+/// Waits for the last deliveries of a step: the grace, and then, while
+/// messages still arrive on this shard's streams (a server behind by more
+/// than the grace), until [`DRAIN_QUIET`] passes without one, at most
+/// [`DRAIN_MAX`] more. A late message is then measured as late, not
+/// counted lost because the run stopped looking.
+async fn drain(pool: &Pool, grace: Duration) {
+    let seen = || pool.messages.load(Ordering::Relaxed);
+    let end_of_grace = tokio::time::Instant::now() + grace;
+    // The grace's last quiet stretch says whether anything still arrives.
+    tokio::time::sleep_until(end_of_grace - grace.min(DRAIN_QUIET)).await;
+    let mut last = seen();
+    tokio::time::sleep_until(end_of_grace).await;
+    let until = end_of_grace + DRAIN_MAX;
+    loop {
+        let now = seen();
+        if now == last || tokio::time::Instant::now() >= until {
+            return;
+        }
+        last = now;
+        tokio::time::sleep(DRAIN_QUIET).await;
+    }
 }
 
 /// The parent's next command, or `None` once the shard is to stop.

@@ -15,6 +15,9 @@
 //! `participant_joined` pair for every member of every small room it is
 //! in). A silent node heard from again within the grace keeps its state
 //! if it has the same boot id (it was only slow), and loses it first if not.
+//! A node heard from again after its state was dropped (it was only slow,
+//! but for longer than the grace: a host starved of CPU) is asked to
+//! announce it again: this node says `Hello`, which every node answers.
 //!
 //! The bus carries live state only. Messages and directory changes travel
 //! through the store itself (see `store::postgres`), where nothing is lost.
@@ -63,6 +66,8 @@ pub async fn run(
     let grace = Duration::from_millis(app.config.store.node_grace_ms);
     // Silent nodes whose state is kept until the grace ends.
     let mut silent: HashMap<String, Peer> = HashMap::new();
+    // Nodes whose state was dropped after the grace, by boot id.
+    let mut dropped: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(ALIVE_EVERY);
     send(&store, &node, boot, vec![BusEvent::Hello]).await;
     loop {
@@ -110,6 +115,12 @@ pub async fn run(
                 if hello {
                     send(&store, &node, boot, app.hub.local_state()).await;
                 }
+                // Back after its state went: the same process (a restart
+                // says Hello itself) is asked for its state again.
+                if dropped.remove(&env.node).is_some_and(|b| b == env.boot) && !hello {
+                    tracing::info!(node = %env.node, "pool node heard from after its live state was dropped; asking for it again");
+                    send(&store, &node, boot, vec![BusEvent::Hello]).await;
+                }
             }
             _ = tick.tick() => {
                 send(&store, &node, boot, vec![BusEvent::Alive]).await;
@@ -128,6 +139,7 @@ pub async fn run(
                     }
                     tracing::warn!(node = %n, "pool node still silent; dropping its live state");
                     app.hub.drop_node(n);
+                    dropped.insert(n.clone(), p.boot);
                     false
                 });
             }

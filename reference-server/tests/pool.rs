@@ -566,6 +566,61 @@ async fn a_user_who_moves_to_another_node_within_the_grace_never_leaves() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_silent_past_the_grace_is_listed_again_once_it_is_heard_from() {
+    let Some(pool) = Pool::start_with_grace(2, 1_000).await else {
+        return;
+    };
+    let tokens = pool.tokens(&["bob", "carol"]).await;
+    let cat = pool.nodes[0].category("general", json!({})).await;
+    let room = pool.nodes[0]
+        .room("lobby", cat, json!({ "privacy": "open" }))
+        .await;
+    let carol = pool.client(0, &tokens[1]);
+    let mut carol_stream = carol.stream("desk", &[]).await.unwrap();
+    next_event(&mut carol_stream, 5).await;
+    carol.join(room, "desk", None).await.unwrap();
+    let bob = pool.client(1, &tokens[0]);
+    until_known(&bob, room).await;
+    let mut bob_stream = bob.stream("laptop", &[]).await.unwrap();
+    next_event(&mut bob_stream, 5).await;
+    bob.join(room, "laptop", None).await.unwrap();
+    until_present(&mut carol_stream, "bob", true, 10).await;
+
+    // Node 1 stops answering for longer than it takes to count as silent
+    // (8 s, checked every 2 s) plus the grace: node 0 lets bob go.
+    pool.nodes[1].pause();
+    until_present(&mut carol_stream, "bob", false, 20).await;
+    // It was only slow: heard from again, its state comes back.
+    pool.nodes[1].resume();
+    until_present(&mut carol_stream, "bob", true, 15).await;
+    let listed: wire::Participants = carol
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .participants
+        .iter()
+        .map(|p| p.user.as_str())
+        .collect();
+    assert_eq!(names, ["bob", "carol"]);
+    drop(bob_stream);
+}
+
+/// Waits until `stream` tells that `who` joined (`present`) or left.
+async fn until_present(stream: &mut EventStream, who: &str, present: bool, secs: u64) {
+    until_event(
+        stream,
+        |e| match e {
+            Event::ParticipantJoined { user, .. } => present && user == who,
+            Event::ParticipantLeft { user, .. } => !present && user == who,
+            _ => false,
+        },
+        secs,
+    )
+    .await;
+}
+
 /// Collects the participant and presence events a stream receives for `time`.
 async fn membership_events(stream: &mut EventStream, time: Duration, seen: &mut Vec<Event>) {
     let deadline = tokio::time::Instant::now() + time;

@@ -91,8 +91,9 @@ pub struct Step {
     pub operations: BTreeMap<String, u64>,
     /// Operations that finally failed in the window, as
     /// `<operation>:<code>` (protocol error codes, or `timeout`, `io`,
-    /// `http:<status>`; `stream:down` is an endpoint without its stream at
-    /// the window's end). The error objective is judged on these.
+    /// `http:<status>`; `stream:down:<why>` is an endpoint without its stream
+    /// at the window's end: `connecting`, `waiting` to try again, or
+    /// `unready`, open without its `ready` frame). The error objective is judged on these.
     pub errors: BTreeMap<String, u64>,
     /// Failed attempts that clients retried, as `<operation>:<reason>`, not
     /// counted as errors (a retry that finally failed is one error above):
@@ -160,12 +161,19 @@ pub struct Correctness {
     pub acknowledged: u64,
     /// (message, endpoint) deliveries the protocol requires: every endpoint
     /// joined to the room for the whole time from post to the end of the
-    /// grace period (the exact rule is in the load generator's `check` module).
+    /// grace period and the drain after it (the exact rule is in the load
+    /// generator's `check` module).
     pub expected_deliveries: u64,
     /// Required deliveries that arrived: `expected_deliveries - lost`.
     pub delivered: u64,
     /// Required deliveries that never arrived.
     pub lost: u64,
+    /// Of the lost, those owed to endpoints whose stream was not open when
+    /// the window ended: lost with the stream and not back yet, the owed
+    /// messages still waiting for the rejoin that never came. Counted
+    /// among `lost` all the same.
+    #[serde(default)]
+    pub lost_while_away: u64,
     /// Messages received more than once by one endpoint.
     pub duplicated: u64,
     /// Messages received out of sequence order by one endpoint.

@@ -306,6 +306,9 @@ fn run_scenario(
         "running scenario {} against {}",
         scenario.name, target.label
     );
+    // Only of a deployment this command started: someone else's server
+    // may not export metrics, or not to us.
+    let own = server.is_some() || pool_process.is_some();
     let result = rt.block_on(async {
         let ticker = {
             let bar = bar.clone();
@@ -328,6 +331,9 @@ fn run_scenario(
         )
         .await;
         ticker.abort();
+        if own {
+            save_server_metrics(&target, dir).await;
+        }
         r
     });
     if let Some(b) = &bar {
@@ -403,6 +409,45 @@ fn workers_label(n: usize) -> String {
         0 => String::new(),
         1 => ", 1 stream worker process".into(),
         n => format!(", {n} stream worker processes"),
+    }
+}
+
+/// Keeps each node's `/metrics` as the run left them (admission refusals,
+/// slow-consumer closes, heartbeat timeouts, ...) under `server-metrics/`,
+/// beside the report: what the server saw of the run that the client's
+/// figures do not show. A node that does not answer (killed by the fault)
+/// is skipped with a line on stderr.
+async fn save_server_metrics(target: &Target, dir: &Path) {
+    let nodes: Vec<&String> = if target.nodes.is_empty() {
+        vec![&target.base]
+    } else {
+        target.nodes.iter().collect()
+    };
+    let out = dir.join("server-metrics");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("cannot keep the server metrics in {}: {e}", out.display());
+        return;
+    }
+    let http = reqwest::Client::new();
+    for (i, base) in nodes.into_iter().enumerate() {
+        let url = format!("{}/metrics", base.trim_end_matches('/'));
+        let text = async {
+            http.get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        match text.await {
+            Ok(t) => {
+                if let Err(e) = std::fs::write(out.join(format!("node{i}.prom")), t) {
+                    eprintln!("cannot keep the metrics of node {i}: {e}");
+                }
+            }
+            Err(e) => eprintln!("no metrics from node {i} ({url}): {e}"),
+        }
     }
 }
 
@@ -499,6 +544,11 @@ fn fault_verdict(
 /// client saw).
 fn fault_outcome(result: &scenarios::results::RunResult) -> String {
     let lost: u64 = result.steps.iter().map(|s| s.correctness.lost).sum();
+    let away: u64 = result
+        .steps
+        .iter()
+        .map(|s| s.correctness.lost_while_away)
+        .sum();
     let mut longest = 0.0f64;
     let mut run = 0.0f64;
     let mut seen_posts = false;
@@ -534,10 +584,18 @@ fn fault_outcome(result: &scenarios::results::RunResult) -> String {
             )
         })
         .collect::<String>();
+    let away = if away > 0 {
+        format!(
+            "; {away} of them were owed to endpoints whose stream was not back when the \
+             window ended"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "After the fault: {lost} of {owed} owed deliveries never arrived (an acknowledged \
          message that an endpoint joined to its room never received, on its stream or in a \
-         rejoin answer). Recovery time as clients saw it: the longest stretch of the steady \
+         rejoin answer){away}. Recovery time as clients saw it: the longest stretch of the steady \
          state without an acknowledged post was {longest:.0} s (one-second resolution; posts \
          are a few per second at this load, so a second without one is not by itself an \
          outage).{reconnects}"
@@ -617,7 +675,9 @@ pub fn report_input(
             .to_owned(),
         "Latencies are measured from each operation's intended send time (no coordinated \
          omission); delivery latency runs from a post's intended send time to its arrival at each \
-         receiving endpoint. The steady window includes the grace period after the last operation."
+         receiving endpoint. The steady window includes the grace period after the last operation, and, while \
+         messages still arrive at its end, up to two minutes more until three seconds pass \
+         without one: a late message is measured late, not counted lost."
             .to_owned(),
     ];
     for step in &result.steps {
