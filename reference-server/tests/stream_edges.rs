@@ -1,8 +1,11 @@
 //! Stream edge cases found by the conformance suite: a join before the
-//! stream connects (PC-9.3b), an oversized client frame (PC-9.6b), the
+//! stream connects (PC-9.3b), an oversized client frame (PC-9.6b), a slow
+//! consumer's Close kept for it while it does not read (PC-9.6c), the
 //! closing handshake (PC-9.7a), and syntax checked before fields (PC-3.2a).
 
 mod support;
+
+use std::time::Duration;
 
 use pchat_protocol::client::StreamItem;
 use pchat_protocol::Event;
@@ -93,4 +96,93 @@ async fn a_syntax_error_after_an_unknown_field_is_malformed_json() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "malformed_json");
+}
+
+/// PC-9.6c: the Close of a slow consumer (4008) waits behind the frames
+/// already in its socket's buffers, so the server keeps it for a client
+/// that reads again a few seconds after the server gave up on it; resuming
+/// from the last message read then loses nothing. On both socket paths:
+/// the node's own and a stream worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_reads_again_gets_4008_and_resumes() {
+    for workers in ["0", "1"] {
+        slow_consumer_reads_again(workers).await;
+    }
+}
+
+async fn slow_consumer_reads_again(workers: &str) {
+    use futures_util::StreamExt;
+
+    let server = TestServer::start_with(&[
+        ("PCHAT_STREAM__WORKERS", workers),
+        ("PCHAT_STREAM__QUEUE_EVENTS", "16"),
+        ("PCHAT_LIMITS__POST_RATE_PER_S", "10000"),
+        ("PCHAT_LIMITS__POST_BURST", "10000"),
+        ("PCHAT_LIMITS__REQUEST_RATE_PER_S", "10000"),
+        ("PCHAT_LIMITS__REQUEST_BURST", "10000"),
+    ])
+    .await;
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    let (reader, poster) = (&users[0], &users[1]);
+    reader.join(room, "slow", None).await.unwrap();
+    // A stream whose client takes frames only when the test reads them,
+    // through a 4 KiB receive buffer.
+    let request =
+        pchat_protocol::client::stream_request(reader.base(), reader.token(), "slow", &[], false)
+            .unwrap();
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let first = slow.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"ready\""), "{first:?}");
+
+    let text = "s".repeat(7990);
+    let mut posted = 0u64;
+    while metric(&server, "pchat_slow_consumer_closes_total").await < 1.0 {
+        assert!(
+            posted < 4000,
+            "{workers} workers: {posted} posts of 8,000 characters did not overflow a queue of 16"
+        );
+        for _ in 0..20 {
+            poster.post_message(room, &post(&text)).await.unwrap();
+            posted += 1;
+        }
+    }
+    // The server's writes to the stream stall from about now; it closes it
+    // at the latest once they have stalled for 10 s. Read again 12 s on:
+    // longer than the 1 s any other Close gets to leave after that.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut seqs = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                if let Ok(Event::Message(m)) = serde_json::from_str::<Event>(&t) {
+                    seqs.push(m.seq);
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("{workers} workers: reading the slow stream: {e}"),
+            Ok(None) => break None,
+            Err(_) => panic!("{workers} workers: the slow stream was never closed"),
+        }
+    };
+    assert_eq!(
+        code,
+        Some(4008),
+        "{workers} workers: close code after {} of {posted} messages",
+        seqs.len()
+    );
+    let last = seqs.len() as u64;
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{workers} workers");
+    assert!(last < posted, "{workers} workers: it got everything");
+    let mut resumed = reader.stream("slow", &[(room, last)]).await.unwrap();
+    let rest = messages(&mut resumed, room, (posted - last) as usize, 30).await;
+    assert_eq!(
+        rest.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (last + 1..=posted).collect::<Vec<_>>(),
+        "{workers} workers: messages after the resume"
+    );
 }

@@ -1,6 +1,7 @@
 //! §9 endpoints, joining and the event stream, and §12 participants and
 //! presence.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pchat_protocol::{Event, PresenceState, RemovedReason};
@@ -11,6 +12,9 @@ use super::{case, Case};
 use crate::ctx::{Check, Ctx, Flaw, Setup, User};
 use crate::rawws::{self, Frame};
 use crate::{check, check_eq};
+
+/// PC-9.6c: a connection that takes no frame for this long is a slow consumer.
+const SLOW_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -719,6 +723,11 @@ async fn slow_consumers_are_closed_and_resume(cx: &Ctx) -> Check {
     let text = &text;
     let started = Instant::now();
     let mut sent = 0usize;
+    // When the fast reader had seen as many posts as fill the slow
+    // stream's socket buffers: the server's writes to it stall by then.
+    let buffers_full_at: OnceLock<Instant> = OnceLock::new();
+    let buffer_posts = posts.saturating_sub(q).max(1);
+    let writers_took: OnceLock<Duration> = OnceLock::new();
     let fast_reader = async {
         let mut n = 0;
         while n < posts {
@@ -726,7 +735,10 @@ async fn slow_consumers_are_closed_and_resume(cx: &Ctx) -> Check {
                 Some(pchat_protocol::client::StreamItem::Event(Event::Message(m)))
                     if m.room == room =>
                 {
-                    n += 1
+                    n += 1;
+                    if n == buffer_posts {
+                        let _ = buffers_full_at.set(Instant::now());
+                    }
                 }
                 Some(pchat_protocol::client::StreamItem::Closed(c, r)) => {
                     return Err(Flaw::Fail(format!(
@@ -768,44 +780,64 @@ async fn slow_consumers_are_closed_and_resume(cx: &Ctx) -> Check {
                 sent += n?;
             }
         }
+        let _ = writers_took.set(started.elapsed());
         Ok::<(), Flaw>(())
     };
-    let (fast_done, posted) = tokio::join!(fast_reader, writer_loop);
-    posted?;
-    let writers_took = started.elapsed();
-    let fast_took = fast_done?;
-    cx.log(format!(
-        "{sent} posts; the fast reader had them all after {fast_took:?}"
-    ));
-    // Now read the slow stream: it must end with 4008 and lose nothing on resume.
-    let mut last = 0u64;
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(20), slow.next_frame()).await {
-            Err(_) => return Err(Flaw::Fail("the slow stream was never closed".into())),
-            Ok(Err(e)) => return Err(Flaw::Fail(format!("reading the slow stream: {e}"))),
-            Ok(Ok(None)) => break None,
-            Ok(Ok(Some(Frame::Close(c)))) => break c,
-            Ok(Ok(Some(Frame::Text(t)))) => {
-                if let Ok(Event::Message(m)) = serde_json::from_str::<Event>(&t) {
-                    last = m.seq;
-                }
-            }
-            Ok(Ok(Some(_))) => {}
+    // The slow stream reads nothing until the writers are done, or until
+    // the server must have closed it for taking no frame for 10 s (its
+    // writes stalled once the buffers were full), whichever comes first;
+    // then it reads everything up to the Close, which the server keeps for
+    // it at least 10 s (PC-9.6c).
+    let slow_reader = async {
+        let must_be_closed = SLOW_SEND_TIMEOUT + Duration::from_secs(1);
+        while writers_took.get().is_none()
+            && buffers_full_at
+                .get()
+                .is_none_or(|at| at.elapsed() < must_be_closed)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let drain_from = started.elapsed();
+        let mut last = 0u64;
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(20), slow.next_frame()).await {
+                Err(_) => return Err(Flaw::Fail("the slow stream was never closed".into())),
+                Ok(Err(e)) => return Err(Flaw::Fail(format!("reading the slow stream: {e}"))),
+                Ok(Ok(None)) => break None,
+                Ok(Ok(Some(Frame::Close(c)))) => break c,
+                Ok(Ok(Some(Frame::Text(t)))) => {
+                    if let Ok(Event::Message(m)) = serde_json::from_str::<Event>(&t) {
+                        last = m.seq;
+                    }
+                }
+                Ok(Ok(Some(_))) => {}
+            }
+        };
+        Ok::<_, Flaw>((code, last, drain_from))
     };
+    let (fast_done, posted, slow_done) = tokio::join!(fast_reader, writer_loop, slow_reader);
+    posted?;
+    let fast_took = fast_done?;
+    let (code, last, drain_from) = slow_done?;
     cx.log(format!(
-        "slow stream closed {code:?} after seq {last}, {:?} after the first post",
-        started.elapsed()
+        "{sent} posts in {:?}; the fast reader had them all after {fast_took:?}",
+        writers_took.get().copied().unwrap_or_default()
+    ));
+    cx.log(format!(
+        "slow stream read from {drain_from:?} (buffers full by {:?}) and closed {code:?} \
+         after seq {last}",
+        buffers_full_at.get().map(|at| *at - started)
     ));
     // The slow stream is also silent (it answers no Ping), so a server
     // whose heartbeat expires before the posts overflow the queue closes it
     // with 4002 as PC-9.6a says: the server is right, the test did not run.
     let heartbeat = Duration::from_secs(cx.limits.heartbeat_timeout_s as u64);
-    if code == Some(4002) && writers_took + Duration::from_secs(1) >= heartbeat {
+    if code == Some(4002) && drain_from + Duration::from_secs(1) >= heartbeat {
         return Err(Flaw::NotPossible(format!(
-            "the heartbeat closed the silent slow stream (4002) while {sent} posts took \
-             {writers_took:?}, before they overflowed its queue: heartbeat_timeout_s = {} s \
-             is too short for this test; run the server with a longer one",
+            "the heartbeat closed the silent slow stream (4002) before {sent} posts \
+             overflowed its queue (it read nothing for {drain_from:?}): \
+             heartbeat_timeout_s = {} s is too short for this test; run the server with a \
+             longer one",
             heartbeat.as_secs()
         )));
     }

@@ -36,6 +36,17 @@ use crate::store::Slice;
 
 /// A send that takes longer than this means the client is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Close frame, and what is queued before it, gets to leave
+/// before the socket is dropped without it: a slow consumer's (4008)
+/// waits behind full socket buffers until the client reads again, so it
+/// gets as long as the client had to take a frame.
+fn close_linger(code: u16) -> Duration {
+    if code == close::SLOW_CONSUMER {
+        SEND_TIMEOUT
+    } else {
+        Duration::from_secs(1)
+    }
+}
 /// Most resume entries one connection may name.
 const MAX_RESUME: usize = 1000;
 /// Page size of gap-filling reads.
@@ -238,11 +249,9 @@ impl Socket {
                     code,
                     reason: Utf8Bytes::from_static(reason),
                 };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    ws.send(Message::Close(Some(frame))),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(close_linger(code), ws.send(Message::Close(Some(frame))))
+                        .await;
             }
             Socket::Relayed(r) => r.close(code, reason),
         }
@@ -321,13 +330,15 @@ impl Connection {
             Err(end) => end,
             Ok(()) => me.serve(&mut rx, &conn.close).await,
         };
+        // Detached first: nothing more is queued for a socket that may
+        // spend its Close's linger waiting for the client to read.
+        app.hub.detach(&session, conn.id);
         match end {
             End::Close(code, reason) => me.socket.close(code, reason).await,
             End::PeerClosed => me.socket.finish_peer_close().await,
             End::Gone => {}
         }
         app.metrics.connections.dec();
-        app.hub.detach(&session, conn.id);
         tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream ended");
     }
 

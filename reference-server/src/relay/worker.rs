@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pchat_protocol::close;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -37,8 +38,11 @@ use super::CREDITS;
 /// send timeout first.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// After the node closes a channel, its Close frame and what is queued
-/// before it get this long to leave.
+/// before it get this long to leave ...
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// ... or this long when the Close is for a slow consumer (4008), whose
+/// frame waits behind full socket buffers until the client reads again.
+const SLOW_CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// Credits are returned once this many text frames of a channel were
 /// written: half the window, so the node always has the other half.
 const ACK_AT: u32 = (CREDITS / 2) as u32;
@@ -160,7 +164,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                             .map_or(1000, |b| u16::from_le_bytes([b[0], b[1]]));
                         let mut body = code.to_be_bytes().to_vec();
                         body.extend_from_slice(payload.get(2..).unwrap_or(&[]));
-                        c.close(ws_frame(opcode::CLOSE, &body), &to_node);
+                        let linger = if code == close::SLOW_CONSUMER {
+                            SLOW_CLOSE_LINGER
+                        } else {
+                            CLOSE_LINGER
+                        };
+                        c.close(ws_frame(opcode::CLOSE, &body), linger, &to_node);
                     }
                 }
                 _ => {
@@ -210,7 +219,8 @@ struct Conn {
     unacked: Cell<u32>,
     /// Wakes the connection's task: something to write, or to end.
     wake: Notify,
-    /// The node closed the channel: write what is queued, then drop.
+    /// The node closed the channel: write what is queued, then drop, at
+    /// the latest at this instant.
     closing: Cell<Option<Instant>>,
     /// Drop the socket now.
     ended: Cell<bool>,
@@ -299,10 +309,11 @@ impl Conn {
         Ok(progress)
     }
 
-    /// The node closed the channel with this Close frame.
-    fn close(&self, frame: Vec<u8>, to_node: &ToNode) {
+    /// The node closed the channel with this Close frame, which gets
+    /// `linger` to leave.
+    fn close(&self, frame: Vec<u8>, linger: Duration, to_node: &ToNode) {
         self.queue(frame, false, to_node);
-        self.closing.set(Some(Instant::now()));
+        self.closing.set(Some(Instant::now() + linger));
         self.wake.notify_one();
     }
 
@@ -349,7 +360,7 @@ async fn serve(conn: Rc<Conn>, to_node: Rc<ToNode>, conns: Conns, opts: Options)
             stalled_since = Some(Instant::now());
         }
         let deadline = match (closing, stalled_since) {
-            (Some(at), _) => Some(at + CLOSE_LINGER),
+            (Some(by), _) => Some(by),
             (None, Some(at)) => Some(at + WRITE_TIMEOUT),
             (None, None) => None,
         };
@@ -371,7 +382,7 @@ async fn serve(conn: Rc<Conn>, to_node: Rc<ToNode>, conns: Conns, opts: Options)
                     Heard::More => {}
                     Heard::Closed => {
                         // The reply is queued; it leaves like a node's Close.
-                        conn.closing.set(Some(Instant::now()));
+                        conn.closing.set(Some(Instant::now() + CLOSE_LINGER));
                         to_node.send(to_node::CLOSED, ch, b"");
                         reading = false;
                     }
