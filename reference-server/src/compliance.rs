@@ -17,7 +17,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
 
 use crate::app::{views, App};
-use crate::store::ComplianceRecord;
+use crate::store::{ComplianceRecord, Pump};
 
 /// Every kind of compliance event.
 pub const KINDS: [&str; 12] = [
@@ -52,17 +52,17 @@ pub async fn run_pump(app: Arc<App>) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = app.shutdown.cancelled() => {
-                drain(&app).await;
+                drain(&app, Pump::All).await;
                 return;
             }
         }
-        drain(&app).await;
+        drain(&app, Pump::IfFree).await;
     }
 }
 
-async fn drain(app: &App) {
+async fn drain(app: &App, mode: Pump) {
     loop {
-        match app.store.pump_compliance().await {
+        match app.store.pump_compliance(mode).await {
             Ok(0) => return,
             Ok(_) => continue,
             Err(e) => {
@@ -95,7 +95,7 @@ pub async fn run_exporter(app: Arc<App>) {
 /// Pumps and exports everything pending now.
 pub async fn export_now(app: &App) -> anyhow::Result<Exported> {
     app.hub.flush_notes().await;
-    drain(app).await;
+    drain(app, Pump::All).await;
     let dir = app.config.export_dir();
     fs::create_dir_all(&dir)?;
     let formats = app.config.compliance.formats.clone();

@@ -16,7 +16,7 @@ use reference_server::domain::{Acl, CategoryId, Entry, RoomId, RoomRec, UserId, 
 use reference_server::store::postgres::{DirEntry, Feed, PgOptions, PgStore};
 use reference_server::store::sqlite::{SqliteOptions, SqliteStore};
 use reference_server::store::{
-    Appended, Change, ComplianceEvent, IdKind, InvitationRec, MessageFilter, NewMessage,
+    Appended, Change, ComplianceEvent, IdKind, InvitationRec, MessageFilter, NewMessage, Pump,
     SearchQuery, Slice, Store, StoredMessage,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -718,7 +718,7 @@ async fn a_batch_of_compliance_events_lands_whole_and_in_order(b: &Backend) {
         ..audit("JOIN")
     };
     a.store.record(vec![later.clone()]).await.unwrap();
-    while a.store.pump_compliance().await.unwrap() > 0 {}
+    while a.store.pump_compliance(Pump::All).await.unwrap() > 0 {}
     let records = a.store.compliance_pending(10_000).await.unwrap();
     let got: Vec<ComplianceEvent> = records.iter().map(|r| r.event.clone()).collect();
     let mut want = batch;
@@ -831,25 +831,29 @@ async fn compliance_events_land_exactly_once(b: &Backend) {
             }
         }));
     }
-    // Pumps run concurrently with the writers, and more than once.
-    let pumper = {
-        let stores: Vec<Arc<dyn Store>> = std::iter::once(a.store.clone())
-            .chain(other.iter().map(|o| o.store.clone()))
-            .collect();
-        tokio::spawn(async move {
-            for i in 0..20 {
-                stores[i % stores.len()].pump_compliance().await.unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+    // Pumps run concurrently with the writers and with each other (one
+    // for each node), more than once, those of a pool skipping a round
+    // while the other is at it.
+    let pumpers: Vec<_> = std::iter::once(a.store.clone())
+        .chain(other.iter().map(|o| o.store.clone()))
+        .map(|store| {
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    store.pump_compliance(Pump::IfFree).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
         })
-    };
+        .collect();
     for t in tasks {
         t.await.unwrap();
     }
-    pumper.await.unwrap();
+    for p in pumpers {
+        p.await.unwrap();
+    }
     // Drain what is left; a second full pump moves nothing.
     let mut rounds = 0;
-    while a.store.pump_compliance().await.unwrap() > 0 {
+    while a.store.pump_compliance(Pump::All).await.unwrap() > 0 {
         rounds += 1;
         assert!(rounds < 100);
     }
@@ -875,13 +879,70 @@ async fn compliance_events_land_exactly_once(b: &Backend) {
         .compliance_delete(records.iter().map(|r| r.id).collect())
         .await
         .unwrap();
-    a.store.pump_compliance().await.unwrap();
+    a.store.pump_compliance(Pump::All).await.unwrap();
     assert!(a.store.compliance_pending(10).await.unwrap().is_empty());
     let mut m = msg(RoomId(1), "late", "after export", None);
     m.compliance_room_name = Some("room1".into());
     a.store.append(m).await.unwrap();
-    while a.store.pump_compliance().await.unwrap() > 0 {}
+    while a.store.pump_compliance(Pump::All).await.unwrap() > 0 {}
     let late = a.store.compliance_pending(10).await.unwrap();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].event.text.as_deref(), Some("after export"));
+}
+
+/// A pool's periodic pumps do not queue behind each other: while one node
+/// holds the pump's mark, another's `IfFree` pump moves nothing and returns
+/// at once; once it is free, the events move, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pump_skips_its_round_while_another_node_pumps() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres { cluster, .. } = &b else {
+        unreachable!()
+    };
+    let a = b.open().await;
+    a.store
+        .record(vec![audit("JOIN"), audit("PART")])
+        .await
+        .unwrap();
+    // Another node's pump, in the middle of its round.
+    let (mut other, conn) =
+        tokio_postgres::connect(&cluster.url("compliance"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let busy = other.transaction().await.unwrap();
+    busy.query_one("SELECT xid FROM pumped WHERE one = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let skipped = tokio::time::timeout(
+        Duration::from_secs(5),
+        a.store.pump_compliance(Pump::IfFree),
+    )
+    .await
+    .expect("the pump waited for the other node's lock");
+    assert_eq!(
+        skipped.unwrap(),
+        0,
+        "nothing moves while another node pumps"
+    );
+    assert!(a.store.compliance_pending(10).await.unwrap().is_empty());
+    // A waiting pump moves them as soon as the other round ends.
+    let waiting = {
+        let store = a.store.clone();
+        tokio::spawn(async move { store.pump_compliance(Pump::All).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "Pump::All waits for the lock");
+    busy.rollback().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), 2);
+    assert_eq!(a.store.pump_compliance(Pump::IfFree).await.unwrap(), 0);
+    let kinds: Vec<String> = a
+        .store
+        .compliance_pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event.kind.to_string())
+        .collect();
+    assert_eq!(kinds, ["JOIN", "PART"]);
 }

@@ -219,6 +219,18 @@ pub struct MessageFilter {
 /// A held pool-wide lock; released when dropped.
 pub struct DirectoryLock(pub Box<dyn Send + Sync>);
 
+/// Whether a compliance pump waits for another node's pump of the same
+/// database (a pool's nodes share one compliance database).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pump {
+    /// Skips the round when another node is pumping: the periodic pump,
+    /// which would otherwise wait for the lock and read the same rows again.
+    IfFree,
+    /// Waits for it, so that everything recorded before the call is moved:
+    /// an export and a node's last pump at shutdown.
+    All,
+}
+
 /// The persistence interface. One implementation per backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -276,8 +288,10 @@ pub trait Store: Send + Sync + 'static {
         replacement: Option<String>,
         audit: ComplianceEvent,
     ) -> Result<Vec<u64>>;
-    /// Moves pending compliance events into the compliance database; returns how many.
-    async fn pump_compliance(&self) -> Result<usize>;
+    /// Moves pending compliance events into the compliance database; returns
+    /// how many (0: nothing pending, or with [`Pump::IfFree`] another node
+    /// of the pool is pumping).
+    async fn pump_compliance(&self, mode: Pump) -> Result<usize>;
     /// Reads up to `limit` compliance records awaiting export, oldest first.
     async fn compliance_pending(&self, limit: usize) -> Result<Vec<ComplianceRecord>>;
     /// Deletes exported compliance records (after the adapter succeeded).

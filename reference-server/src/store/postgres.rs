@@ -1212,7 +1212,20 @@ impl Store for PgStore {
         Ok(seqs)
     }
 
-    async fn pump_compliance(&self) -> Result<usize> {
+    async fn pump_compliance(&self, mode: Pump) -> Result<usize> {
+        // One node of a pool pumps at a time, holding the mark's row lock;
+        // with `IfFree` the others skip the round instead of waiting for the
+        // lock and then reading the same rows again.
+        let mut cc = self.compliance.get().await?;
+        let tx = cc.transaction().await?;
+        let lock = match mode {
+            Pump::IfFree => "SELECT xid, id FROM pumped WHERE one = 1 FOR UPDATE SKIP LOCKED",
+            Pump::All => "SELECT xid, id FROM pumped WHERE one = 1 FOR UPDATE",
+        };
+        let Some(mark) = tx.query_opt(lock, &[]).await? else {
+            return Ok(0);
+        };
+        let mark: (i64, i64) = (mark.get(0), mark.get(1));
         // Only events of transactions that finished before every running one
         // began: no later commit can add an event in front of them.
         let c = self.client().await?;
@@ -1221,57 +1234,47 @@ impl Store for PgStore {
                 "SELECT id, at, kind, room_id, room_name, user_name, seq, text, detail, xid
                  FROM compliance_outbox
                  WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                   AND (xid, id) > ($1, $2)
                  ORDER BY xid, id LIMIT 5000",
-                &[],
+                &[&mark.0, &mark.1],
             )
             .await?;
         drop(c);
-        if rows.is_empty() {
+        let Some(last) = rows.last() else {
             return Ok(0);
-        }
-        let mut cc = self.compliance.get().await?;
-        let tx = cc.transaction().await?;
-        let mark = tx
-            .query_one("SELECT xid, id FROM pumped WHERE one = 1 FOR UPDATE", &[])
-            .await?;
-        let mark: (i64, i64) = (mark.get(0), mark.get(1));
-        let fresh: Vec<(i64, ComplianceRecord)> = rows
-            .iter()
-            .filter(|r| (r.get::<_, i64>(9), r.get::<_, i64>(0)) > mark)
-            .map(|r| (r.get(9), compliance_row(r)))
-            .collect();
-        let top = fresh
-            .iter()
-            .map(|(xid, rec)| (*xid, rec.id))
-            .fold(mark, std::cmp::max);
-        if !fresh.is_empty() {
-            let id: Vec<i64> = fresh.iter().map(|(_, r)| r.id).collect();
-            let xid: Vec<i64> = fresh.iter().map(|(x, _)| *x).collect();
-            let cols = EventColumns::of(fresh.iter().map(|(_, r)| &r.event));
-            tx.execute(
-                "INSERT INTO events(id, xid, at, kind, room_id, room_name, user_name, seq, text, detail)
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
-                                      $5::bigint[], $6::text[], $7::text[], $8::bigint[],
-                                      $9::text[], $10::text[])
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &id, &xid, &cols.at, &cols.kind, &cols.room_id, &cols.room_name, &cols.user,
-                    &cols.seq, &cols.text, &cols.detail,
-                ],
-            )
-            .await?;
-        }
+        };
+        let top: (i64, i64) = (last.get(9), last.get(0));
+        let id: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let xid: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
+        let records: Vec<ComplianceRecord> = rows.iter().map(compliance_row).collect();
+        let cols = EventColumns::of(records.iter().map(|r| &r.event));
+        tx.execute(
+            "INSERT INTO events(id, xid, at, kind, room_id, room_name, user_name, seq, text, detail)
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                  $5::bigint[], $6::text[], $7::text[], $8::bigint[],
+                                  $9::text[], $10::text[])
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &id, &xid, &cols.at, &cols.kind, &cols.room_id, &cols.room_name, &cols.user,
+                &cols.seq, &cols.text, &cols.detail,
+            ],
+        )
+        .await?;
         tx.execute(
             "UPDATE pumped SET xid = $1, id = $2 WHERE one = 1",
             &[&top.0, &top.1],
         )
         .await?;
         tx.commit().await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        // Everything up to the mark is in the compliance database, rows
+        // left by a pumper that died before this delete included.
         let c = self.client().await?;
-        c.execute("DELETE FROM compliance_outbox WHERE id = ANY($1)", &[&ids])
-            .await?;
-        Ok(ids.len())
+        c.execute(
+            "DELETE FROM compliance_outbox WHERE (xid, id) <= ($1, $2)",
+            &[&top.0, &top.1],
+        )
+        .await?;
+        Ok(rows.len())
     }
 
     async fn compliance_pending(&self, limit: usize) -> Result<Vec<ComplianceRecord>> {
