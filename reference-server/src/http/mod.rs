@@ -8,6 +8,7 @@
 mod routes;
 mod stream;
 
+pub(crate) use stream::close_linger;
 pub use stream::{Accepted, SocketHandle};
 
 use std::sync::Arc;

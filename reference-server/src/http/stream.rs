@@ -36,11 +36,12 @@ use crate::store::Slice;
 
 /// A send that takes longer than this means the client is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a Close frame, and what is queued before it, gets to leave
-/// before the socket is dropped without it: a slow consumer's (4008)
-/// waits behind full socket buffers until the client reads again, so it
-/// gets as long as the client had to take a frame.
-fn close_linger(code: u16) -> Duration {
+/// How long a Close frame with `code`, and what is queued before it, gets
+/// to leave before the socket is dropped without it, on either socket path
+/// (this task's or a stream worker's): a slow consumer's (4008) waits
+/// behind full socket buffers until the client reads again, so it gets as
+/// long as the client had to take a frame.
+pub(crate) fn close_linger(code: u16) -> Duration {
     if code == close::SLOW_CONSUMER {
         SEND_TIMEOUT
     } else {
@@ -260,8 +261,11 @@ impl Socket {
     /// After the client's Close: push out the queued reply.
     async fn finish_peer_close(&mut self) {
         if let Socket::Local(ws) = self {
-            let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::SinkExt::flush(ws))
-                .await;
+            let _ = tokio::time::timeout(
+                close_linger(close::NORMAL),
+                futures_util::SinkExt::flush(ws),
+            )
+            .await;
         }
     }
 

@@ -32,17 +32,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use super::link::{self, to_node, to_worker};
 use super::CREDITS;
+use crate::http::close_linger;
 
 /// A socket that takes none of its queued frames for this long is dropped.
 /// The node closes a stream whose credits run out for its own, shorter,
 /// send timeout first.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-/// After the node closes a channel, its Close frame and what is queued
-/// before it get this long to leave ...
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// ... or this long when the Close is for a slow consumer (4008), whose
-/// frame waits behind full socket buffers until the client reads again.
-const SLOW_CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// Credits are returned once this many text frames of a channel were
 /// written: half the window, so the node always has the other half.
 const ACK_AT: u32 = (CREDITS / 2) as u32;
@@ -164,12 +159,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                             .map_or(1000, |b| u16::from_le_bytes([b[0], b[1]]));
                         let mut body = code.to_be_bytes().to_vec();
                         body.extend_from_slice(payload.get(2..).unwrap_or(&[]));
-                        let linger = if code == close::SLOW_CONSUMER {
-                            SLOW_CLOSE_LINGER
-                        } else {
-                            CLOSE_LINGER
-                        };
-                        c.close(ws_frame(opcode::CLOSE, &body), linger, &to_node);
+                        c.close(ws_frame(opcode::CLOSE, &body), close_linger(code), &to_node);
                     }
                 }
                 _ => {
@@ -382,7 +372,7 @@ async fn serve(conn: Rc<Conn>, to_node: Rc<ToNode>, conns: Conns, opts: Options)
                     Heard::More => {}
                     Heard::Closed => {
                         // The reply is queued; it leaves like a node's Close.
-                        conn.closing.set(Some(Instant::now() + CLOSE_LINGER));
+                        conn.closing.set(Some(Instant::now() + close_linger(close::NORMAL)));
                         to_node.send(to_node::CLOSED, ch, b"");
                         reading = false;
                     }
