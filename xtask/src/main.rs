@@ -4,9 +4,12 @@
 //! - `idle-memory` ([`idle_memory`]): the server's RSS per idle endpoint.
 //! - `fanout` ([`fanout`]): delivery latency of one message to every
 //!   endpoint of one large room, and its CPU cost.
+//! - `loopback-floor` ([`floor`]): the same fan-out over bare loopback
+//!   TCP, with no server: what the host's kernel alone costs per delivery.
 //! - `server` / `util`: shared helpers (a release server process, tokens).
 
 mod fanout;
+mod floor;
 mod idle_memory;
 mod pool;
 mod server;
@@ -33,6 +36,27 @@ enum Task {
     /// Measure how fast one node fans messages out to every endpoint of one
     /// large room (latency percentiles, CPU per delivery).
     Fanout(fanout::Args),
+    /// Measure the same fan-out over bare loopback TCP sockets, with no
+    /// server: the host's floor under `fanout`'s figures.
+    LoopbackFloor(floor::Args),
+    /// (internal) A sending process of loopback-floor.
+    #[command(hide = true)]
+    FloorSender {
+        #[arg(long)]
+        sockets: usize,
+    },
+    /// (internal) A receiving process of loopback-floor.
+    #[command(hide = true)]
+    FloorReceiver {
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        sockets: usize,
+        #[arg(long)]
+        bytes: usize,
+    },
     /// (internal) A client worker process of idle-memory.
     #[command(hide = true)]
     IdleWorker {
@@ -55,6 +79,14 @@ fn main() -> anyhow::Result<()> {
         Task::SizingReport(args) => sizing::run(args),
         Task::IdleMemory(args) => idle_memory::run(args),
         Task::Fanout(args) => fanout::run(args),
+        Task::LoopbackFloor(args) => floor::run(args),
+        Task::FloorSender { sockets } => floor::sender(sockets),
+        Task::FloorReceiver {
+            ports,
+            first,
+            sockets,
+            bytes,
+        } => floor::receiver(&ports, first, sockets, bytes),
         Task::IdleWorker { spec } => idle_memory::worker(&spec),
         Task::LoadgenShard { spec, shard } => loadgen::shard::process_main(&spec, shard),
     }
