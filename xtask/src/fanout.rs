@@ -122,9 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         stdin.flush()?;
         let mut line = String::new();
         BufReader::new(p.stdout.as_mut().context("worker stdout")?).read_line(&mut line)?;
-        let part: Deliveries = serde_json::from_str(&line).context("a worker's report")?;
-        all.latency.merge(&part.latency);
-        all.per_endpoint.extend(part.per_endpoint);
+        all.absorb(serde_json::from_str(&line).context("a worker's report")?);
     }
     for mut p in procs {
         drop(p.stdin.take());
@@ -134,13 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let h = &all.latency.0;
     let expected = (args.posts * plan.len()) as u64;
-    let short = all
-        .per_endpoint
-        .iter()
-        .filter(|n| **n < args.posts as u64)
-        .count();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let per_delivery_us = |pct: f64| pct / 100.0 * elapsed * 1e6 / h.len().max(1) as f64;
+    let short = all.short_of(args.posts as u64);
     println!(
         "Command: `cargo xtask fanout --endpoints {} --stream-workers {} --posts {} --interval-ms {}`\n",
         args.endpoints, args.stream_workers, args.posts, args.interval_ms
@@ -152,18 +144,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} of {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {} | {} | {} of {} | {} | {:.1} | {:.1} |",
         plan.len(),
         args.stream_workers,
         h.len(),
         expected,
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0,
-        per_delivery_us(server_pct),
-        per_delivery_us(client_pct),
+        all.latency_cells(),
+        all.cpu_us_each(server_pct, elapsed),
+        all.cpu_us_each(client_pct, elapsed),
     );
     if h.len() != expected || short > 0 {
         bail!(

@@ -166,9 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut all = Deliveries::default();
     for r in &mut receivers {
         let line = r.expect("report ")?;
-        let part: Deliveries = serde_json::from_str(&line).context("a receiver's report")?;
-        all.latency.merge(&part.latency);
-        all.per_endpoint.extend(part.per_endpoint);
+        all.absorb(serde_json::from_str(&line).context("a receiver's report")?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sender_pct = sender_cpu.sample();
@@ -183,8 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let h = &all.latency.0;
     let expected = (args.rounds * args.sockets) as u64;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let per_delivery_us = |pct: f64| pct / 100.0 * elapsed * 1e6 / h.len().max(1) as f64;
+    let short = all.short_of(args.rounds as u64);
     println!(
         "Command: `cargo xtask loopback-floor --sockets {} --senders {} --receivers {} --rounds {} \
          --interval-ms {} --bytes {}`\n",
@@ -197,22 +194,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} | {} of {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {} | {} | {} | {} of {} | {} | {:.1} | {:.1} |",
         args.sockets,
         args.senders,
         args.receivers,
         h.len(),
         expected,
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0,
-        per_delivery_us(sender_pct),
-        per_delivery_us(receiver_pct),
+        all.latency_cells(),
+        all.cpu_us_each(sender_pct, elapsed),
+        all.cpu_us_each(receiver_pct, elapsed),
     );
-    if h.len() != expected {
-        bail!("{} of {expected} deliveries arrived", h.len());
+    if h.len() != expected || short > 0 {
+        bail!(
+            "{} of {expected} deliveries arrived; {short} socket(s) missed messages",
+            h.len()
+        );
     }
     Ok(())
 }

@@ -264,6 +264,40 @@ pub struct Deliveries {
     pub per_endpoint: Vec<u64>,
 }
 
+impl Deliveries {
+    /// Adds another process's report (its histogram merged exactly, its
+    /// endpoints after ours).
+    pub fn absorb(&mut self, part: Deliveries) {
+        self.latency.merge(&part.latency);
+        self.per_endpoint.extend(part.per_endpoint);
+    }
+
+    /// Endpoints that received fewer than `n` messages.
+    pub fn short_of(&self, n: u64) -> usize {
+        self.per_endpoint.iter().filter(|got| **got < n).count()
+    }
+
+    /// The latency cells of a fan-out table row: p50, p90, p99, p99.9 and
+    /// max, in milliseconds.
+    pub fn latency_cells(&self) -> String {
+        let h = &self.latency.0;
+        let ms = |us: u64| us as f64 / 1000.0;
+        [0.5, 0.9, 0.99, 0.999]
+            .map(|q| ms(h.value_at_quantile(q)))
+            .into_iter()
+            .chain([ms(h.max())])
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// CPU of `pct` percent of one core over `elapsed_s` seconds, in
+    /// microseconds per recorded delivery.
+    pub fn cpu_us_each(&self, pct: f64, elapsed_s: f64) -> f64 {
+        pct / 100.0 * elapsed_s * 1e6 / self.latency.0.len().max(1) as f64
+    }
+}
+
 pub fn spawn_worker(spec: &WorkerSpec) -> anyhow::Result<Child> {
     let file = tempfile::NamedTempFile::new()?;
     serde_json::to_writer(&file, spec)?;
@@ -448,6 +482,30 @@ fn write_report(dir: &Path, r: &IdleMemory) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_of_several_processes_add_up() {
+        let part = |lat: &[u64], per: Vec<u64>| {
+            let mut d = Deliveries {
+                per_endpoint: per,
+                ..Deliveries::default()
+            };
+            for us in lat {
+                d.latency.0.saturating_record(*us);
+            }
+            d
+        };
+        let mut all = Deliveries::default();
+        all.absorb(part(&[1_000, 2_000], vec![2, 1]));
+        all.absorb(part(&[100_000], vec![2]));
+        assert_eq!(all.per_endpoint, vec![2, 1, 2]);
+        assert_eq!(all.short_of(2), 1);
+        assert_eq!(all.latency.0.len(), 3);
+        // p50 is the second of three, p90 and up the slowest.
+        assert_eq!(all.latency_cells(), "2.0 | 100.0 | 100.0 | 100.0 | 100.0");
+        // 50 % of one core for 3 s is 1.5 s of CPU over 3 deliveries.
+        assert!((all.cpu_us_each(50.0, 3.0) - 500_000.0).abs() < 1e-6);
+    }
 
     #[test]
     fn slope_of_a_straight_line_is_its_gradient() {
