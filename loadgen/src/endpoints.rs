@@ -453,6 +453,11 @@ const NODE_DOWN: &str = "node_down";
 /// to a stream on another node: the same samples as `delivery`, split.
 pub const DELIVERY_SAME_NODE: &str = "delivery_same_node";
 pub const DELIVERY_CROSS_NODE: &str = "delivery_cross_node";
+/// Delivery latency to the message's arrival on the endpoint's socket (the
+/// kernel's receive stamp), before the generator read it; and from that
+/// arrival to the generator's read: how long deliveries waited for the
+/// generator itself.
+pub use scenarios::verdict::{DELIVERY_ARRIVAL, DELIVERY_READ_LAG};
 /// A stream that stayed open this long was a success: the waits before
 /// the next reconnect start short again.
 const STABLE_STREAM: Duration = Duration::from_secs(5);
@@ -638,7 +643,15 @@ async fn read_stream(
             None => return Some("closed:eof".into()),
             Some(Err(e)) => return Some(format!("closed:{}", short_ws_error(&e))),
             Some(Ok(WsMessage::Text(text))) => {
-                on_frame(pool, ep, node, text.as_str(), &mut rejoin_started)
+                let arrived_ns = ws.get_ref().arrived_ns();
+                on_frame(
+                    pool,
+                    ep,
+                    node,
+                    text.as_str(),
+                    arrived_ns,
+                    &mut rejoin_started,
+                )
             }
             Some(Ok(WsMessage::Close(frame))) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
@@ -660,13 +673,16 @@ fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
     }
 }
 
-/// Takes one frame into the endpoint's log. `rejoin_started` is when the
-/// connection of a stream that takes rooms along (PC-9.4d) was begun.
+/// Takes one frame into the endpoint's log. `arrived_ns` is the kernel's
+/// receive stamp of the read that completed it (0 if none);
+/// `rejoin_started` is when the connection of a stream that takes rooms
+/// along (PC-9.4d) was begun.
 fn on_frame(
     pool: &Pool,
     ep: &Endpoint,
     node: usize,
     text: &str,
+    arrived_ns: u64,
     rejoin_started: &mut Option<Instant>,
 ) {
     let Ok(f) = serde_json::from_str::<Frame<'_>>(text) else {
@@ -716,7 +732,16 @@ fn on_frame(
                 return;
             };
             if let Some(us) = pool.posts.since(post) {
-                pool.recorder.ok("delivery", us);
+                let mut parts = [("", 0); 3];
+                let mut n = 0;
+                if arrived_ns > 0 {
+                    // How long the frame waited in this process's socket
+                    // before it was read: the generator's share of `us`.
+                    let lag_us = crate::stamp::unix_ns().saturating_sub(arrived_ns) / 1000;
+                    parts[0] = (DELIVERY_ARRIVAL, us.saturating_sub(lag_us));
+                    parts[1] = (DELIVERY_READ_LAG, lag_us);
+                    n = 2;
+                }
                 // On a pool: the same delivery again, by whether it
                 // crossed from the posting node to another.
                 if let Some(from) = from.filter(|_| pool.nodes.len() > 1) {
@@ -725,8 +750,10 @@ fn on_frame(
                     } else {
                         DELIVERY_CROSS_NODE
                     };
-                    pool.recorder.breakdown(split, us);
+                    parts[n] = (split, us);
+                    n += 1;
                 }
+                pool.recorder.delivery(us, &parts[..n]);
             }
         }
         // `not_joined` answers a resume entry on a node that has no session

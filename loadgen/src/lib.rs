@@ -26,6 +26,7 @@ pub mod retry;
 pub mod run;
 pub mod schedule;
 pub mod shard;
+pub mod stamp;
 pub mod workload;
 
 pub use procfs::machine;

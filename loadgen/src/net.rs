@@ -9,13 +9,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-/// An event stream as the load generator holds it.
-pub type Ws = WebSocketStream<TcpStream>;
+use crate::stamp::Stamped;
+
+/// An event stream as the load generator holds it: its socket keeps the
+/// kernel's receive stamps ([`crate::stamp`]).
+pub type Ws = WebSocketStream<Stamped>;
 
 /// Connections one (source address, destination) pair can hold before the
 /// ephemeral port range (32768-60999 here) runs out, with a margin.
@@ -120,6 +123,7 @@ async fn open_stream(
         .await
         .with_context(|| format!("connect to {dest}"))?;
     tcp.set_nodelay(true)?;
+    let tcp = Stamped::new(tcp).context("enable receive stamps")?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);

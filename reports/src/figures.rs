@@ -12,8 +12,10 @@ use scenarios::Slo;
 /// Latency keys shown first, in this order: the two the objective is about,
 /// then the rest of the load generator's keys. Unknown keys follow,
 /// alphabetically, so a new key still shows up.
-const KEY_ORDER: [&str; 12] = [
+const KEY_ORDER: [&str; 14] = [
     "delivery",
+    "delivery_arrival",
+    "delivery_read_lag",
     "delivery_same_node",
     "delivery_cross_node",
     "post_ack",

@@ -168,6 +168,11 @@ pub fn judge(step: &Step, slo: &Slo) -> Judgement {
         "every criterion holds".into()
     } else {
         let mut why = failing.join("; ");
+        let delivery_failed = checks.iter().any(|c| c.what == LATENCIES[0].1 && !c.holds);
+        if let Some(share) = generator_share(step).filter(|_| delivery_failed) {
+            why.push_str("; ");
+            why.push_str(&share);
+        }
         if let Some(host) = host_cpu(step) {
             why.push_str("; ");
             why.push_str(&host);
@@ -180,6 +185,33 @@ pub fn judge(step: &Step, slo: &Slo) -> Judgement {
         why,
         checks,
     }
+}
+
+/// Latency keys of the load generator that split a delivery at the
+/// message's arrival on the receiving socket (the kernel's receive stamp).
+pub const DELIVERY_ARRIVAL: &str = "delivery_arrival";
+pub const DELIVERY_READ_LAG: &str = "delivery_read_lag";
+
+/// How much of the delivery latency was the load generator's own wait, in
+/// words, when it stamped arrivals: a planner must know whether messages
+/// reached the generator late (the server, or the host's network stack) or
+/// arrived in time and waited for the generator to read them (then the
+/// generator needs cores of its own before the figure can blame the
+/// server).
+fn generator_share(step: &Step) -> Option<String> {
+    let arrival = step
+        .latencies
+        .get(DELIVERY_ARRIVAL)
+        .filter(|l| l.count > 0)?;
+    let lag = step
+        .latencies
+        .get(DELIVERY_READ_LAG)
+        .filter(|l| l.count > 0)?;
+    Some(format!(
+        "at their arrival on the load generator's sockets, before it read them, deliveries \
+         had p99 {:.1} ms; they waited for the generator's read p99 {:.1} ms",
+        arrival.p99_ms, lag.p99_ms
+    ))
 }
 
 /// What the machine's CPU did over a step's window, in words, when the
@@ -414,6 +446,35 @@ mod tests {
             limits_hit: vec![],
             not_run: vec![],
         }
+    }
+
+    #[test]
+    fn a_late_delivery_says_how_long_it_waited_for_the_generator() {
+        let mut s = step(100, 400.0);
+        let j = judge(&s, &Slo::default());
+        assert!(!j.why.contains("generator"), "{}", j.why);
+
+        s.latencies.insert(DELIVERY_ARRIVAL.into(), lat(180.0));
+        s.latencies.insert(DELIVERY_READ_LAG.into(), lat(220.0));
+        let j = judge(&s, &Slo::default());
+        assert!(!j.holds);
+        assert!(
+            j.why.contains(
+                "at their arrival on the load generator's sockets, before it read them, \
+                 deliveries had p99 180.0 ms; they waited for the generator's read p99 220.0 ms"
+            ),
+            "{}",
+            j.why
+        );
+
+        // Said only when delivery is what broke.
+        let mut fast = step(100, 100.0);
+        fast.latencies.insert(DELIVERY_ARRIVAL.into(), lat(80.0));
+        fast.latencies.insert(DELIVERY_READ_LAG.into(), lat(20.0));
+        fast.latencies.insert("post_ack".into(), lat(900.0));
+        let j = judge(&fast, &Slo::default());
+        assert!(!j.holds);
+        assert!(!j.why.contains("generator's read"), "{}", j.why);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! loopback the kernel's receive path runs mostly in the sender's softirq,
 //! so it counts on the senders' side).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
@@ -204,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         all.cpu_us_each(sender_pct, elapsed),
         all.cpu_us_each(receiver_pct, elapsed),
     );
+    crate::fanout::print_read_and_arrival(&all);
     if h.len() != expected || short > 0 {
         bail!(
             "{} of {expected} deliveries arrived; {short} socket(s) missed messages",
@@ -289,6 +290,7 @@ pub fn receiver(ports: &[u16], first: usize, sockets: usize, bytes: usize) -> an
         let s = TcpStream::connect(("127.0.0.1", port))
             .with_context(|| format!("connect socket {} to port {port}", first + i))?;
         s.set_nonblocking(true)?;
+        loadgen::stamp::enable(&s)?;
         let mut s = mio::net::TcpStream::from_std(s);
         poll.registry()
             .register(&mut s, Token(i), Interest::READABLE)?;
@@ -311,15 +313,20 @@ pub fn receiver(ports: &[u16], first: usize, sockets: usize, bytes: usize) -> an
             // Edge-triggered: read until a short read (the buffer was
             // emptied; later data raises a new event).
             loop {
-                let n = match conns[i].read(&mut buf) {
-                    Ok(0) => bail!("socket {} closed early", first + i),
-                    Ok(n) => n,
+                let (n, stamp) = match loadgen::stamp::recv(&conns[i], &mut buf) {
+                    Ok((0, _)) => bail!("socket {} closed early", first + i),
+                    Ok(got) => got,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e.into()),
                 };
+                let now = unix_ns();
                 cutters[i].feed(bytes, &buf[..n], |sent| {
-                    let us = unix_ns().saturating_sub(sent) / 1000;
+                    let us = now.saturating_sub(sent) / 1000;
                     seen.latency.0.saturating_record(us.max(1));
+                    if let Some(at) = stamp {
+                        let us = at.saturating_sub(sent) / 1000;
+                        seen.arrival.0.saturating_record(us.max(1));
+                    }
                     seen.per_endpoint[i] += 1;
                     if seen.per_endpoint[i] == rounds {
                         complete += 1;

@@ -258,8 +258,14 @@ pub struct WorkerSpec {
 /// What a measuring worker received.
 #[derive(Serialize, Deserialize, Debug, Default)]
 pub struct Deliveries {
-    /// Latency from the intended send time to arrival, in microseconds.
+    /// Latency from the intended send time to the client's read, in
+    /// microseconds.
     pub latency: loadgen::record::Hist,
+    /// Latency from the intended send time to the kernel's receive stamp
+    /// of the read that completed the message ([`loadgen::stamp`]), in
+    /// microseconds; empty where the client does not stamp.
+    #[serde(default)]
+    pub arrival: loadgen::record::Hist,
     /// Messages received, per endpoint (in the spec's order).
     pub per_endpoint: Vec<u64>,
 }
@@ -269,6 +275,7 @@ impl Deliveries {
     /// endpoints after ours).
     pub fn absorb(&mut self, part: Deliveries) {
         self.latency.merge(&part.latency);
+        self.arrival.merge(&part.arrival);
         self.per_endpoint.extend(part.per_endpoint);
     }
 
@@ -280,15 +287,12 @@ impl Deliveries {
     /// The latency cells of a fan-out table row: p50, p90, p99, p99.9 and
     /// max, in milliseconds.
     pub fn latency_cells(&self) -> String {
-        let h = &self.latency.0;
-        let ms = |us: u64| us as f64 / 1000.0;
-        [0.5, 0.9, 0.99, 0.999]
-            .map(|q| ms(h.value_at_quantile(q)))
-            .into_iter()
-            .chain([ms(h.max())])
-            .map(|v| format!("{v:.1}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        cells(&self.latency)
+    }
+
+    /// The same cells of the arrival latency.
+    pub fn arrival_cells(&self) -> String {
+        cells(&self.arrival)
     }
 
     /// CPU of `pct` percent of one core over `elapsed_s` seconds, in
@@ -296,6 +300,19 @@ impl Deliveries {
     pub fn cpu_us_each(&self, pct: f64, elapsed_s: f64) -> f64 {
         pct / 100.0 * elapsed_s * 1e6 / self.latency.0.len().max(1) as f64
     }
+}
+
+/// p50, p90, p99, p99.9 and max of `h`, in milliseconds, as table cells.
+fn cells(h: &loadgen::record::Hist) -> String {
+    let h = &h.0;
+    let ms = |us: u64| us as f64 / 1000.0;
+    [0.5, 0.9, 0.99, 0.999]
+        .map(|q| ms(h.value_at_quantile(q)))
+        .into_iter()
+        .chain([ms(h.max())])
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 pub fn spawn_worker(spec: &WorkerSpec) -> anyhow::Result<Child> {
@@ -387,8 +404,13 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
                     }
                     if let Some(sent_ns) = frame.to_text().ok().and_then(fanout_sent_ns) {
                         let us = unix_ns().saturating_sub(sent_ns) / 1000;
+                        let arrived_ns = ws.get_ref().arrived_ns();
                         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                         seen.latency.0.saturating_record(us.max(1));
+                        if arrived_ns > 0 {
+                            let at = arrived_ns.saturating_sub(sent_ns) / 1000;
+                            seen.arrival.0.saturating_record(at.max(1));
+                        }
                         seen.per_endpoint[i] += 1;
                     }
                 }
@@ -409,11 +431,7 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
 }
 
 /// Nanoseconds since the UNIX epoch.
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+pub use loadgen::stamp::unix_ns;
 
 /// The intended send time of a `cargo xtask fanout` message frame.
 fn fanout_sent_ns(frame: &str) -> Option<u64> {

@@ -19,7 +19,8 @@ use crate::server::{workspace_root, ServerProcess};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Built-in scenarios to run (quick, node-20k, knee, soak), in order.
-    #[arg(long = "scenario", default_value = "quick")]
+    /// Without this and without --scenario-file: quick.
+    #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
     /// Scenario files of your own, run after the built-in ones.
     #[arg(long = "scenario-file")]
@@ -52,6 +53,18 @@ pub struct Args {
     pub generators: Option<usize>,
 }
 
+impl Args {
+    /// The built-in scenarios to run: those named, or quick when neither a
+    /// built-in scenario nor a file is named.
+    fn builtin_names(&self) -> Vec<String> {
+        if self.scenarios.is_empty() && self.files.is_empty() {
+            vec!["quick".into()]
+        } else {
+            self.scenarios.clone()
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.scale > 0.0 && args.scale.is_finite()) {
         bail!("--scale must be a positive number");
@@ -60,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--generators must be at least 1");
     }
     let mut scenarios = Vec::new();
-    for name in &args.scenarios {
+    for name in &args.builtin_names() {
         let s = Scenario::builtin(name).with_context(|| {
             let names: Vec<&str> = scenarios::scenario::LIBRARY
                 .iter()
@@ -360,7 +373,8 @@ fn run_scenario(
         }
     }
     drop(pool_process);
-    let mut input = report_input(result, baseline);
+    let stepped = scenario.load.steps.is_some();
+    let mut input = report_input(result, baseline, stepped);
     input
         .notes
         .push(generators_note(&input.result, args.generators));
@@ -603,9 +617,12 @@ fn fault_outcome(result: &scenarios::results::RunResult) -> String {
 }
 
 /// Verdict rows, knee and notes, all computed from the measured result.
+/// `stepped`: the scenario searched for the knee in steps, so the report
+/// says where it lies even when the first step broke.
 pub fn report_input(
     result: scenarios::results::RunResult,
     baseline: Option<scenarios::results::RunResult>,
+    stepped: bool,
 ) -> reports::ReportInput {
     let mut verdicts = Vec::new();
     if let Some(v) = verdict::claim_verdict(&result) {
@@ -640,17 +657,19 @@ pub fn report_input(
             why,
         });
     }
-    let knee = (result.steps.len() > 1 || result.claim.is_none())
+    let knee = (stepped || result.steps.len() > 1)
         .then(|| verdict::knee(&result))
         .flatten()
-        .filter(|_| result.steps.len() > 1)
         .map(|k| {
             let text = match (&k.capacity, &k.broke_at) {
                 (Some(c), Some((b, why))) => {
                     format!("capacity {c} active users; the objective broke at {b}: {why}")
                 }
                 (None, Some((b, why))) => {
-                    format!("the objective broke at the first step ({b} users): {why}")
+                    format!(
+                        "below {b} active users: the objective broke at the first step ({b} \
+                         users): {why}"
+                    )
                 }
                 (Some(c), None) => match result.not_run.first() {
                     Some(n) => format!(
@@ -675,7 +694,10 @@ pub fn report_input(
             .to_owned(),
         "Latencies are measured from each operation's intended send time (no coordinated \
          omission); delivery latency runs from a post's intended send time to its arrival at each \
-         receiving endpoint. The steady window includes the grace period after the last operation, and, while \
+         receiving endpoint, where the load generator reads it (the verdict's figure); \
+         delivery_arrival stops at the kernel's receive stamp on the endpoint's socket instead, and \
+         delivery_read_lag is the wait from that stamp to the read, the generator's own share. \
+         The steady window includes the grace period after the last operation, and, while \
          messages still arrive at its end, up to two minutes more until three seconds pass \
          without one: a late message is measured late, not counted lost."
             .to_owned(),
@@ -789,6 +811,30 @@ mod tests {
     const USERS: u64 = 300;
     const SEED: u64 = 42;
 
+    #[test]
+    fn quick_runs_only_when_nothing_else_is_named() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let names = |argv: &[&str]| {
+            let cli = Cli::parse_from(std::iter::once("t").chain(argv.iter().copied()));
+            cli.args.builtin_names()
+        };
+        assert_eq!(names(&[]), ["quick"]);
+        assert!(names(&["--scenario-file", "mine.toml"]).is_empty());
+        assert_eq!(
+            names(&["--scenario", "knee", "--scenario-file", "mine.toml"]),
+            ["knee"]
+        );
+        assert_eq!(
+            names(&["--scenario", "node-20k", "--scenario", "knee"]),
+            ["node-20k", "knee"]
+        );
+    }
+
     fn short_step() -> StepSpec {
         StepSpec {
             users: USERS,
@@ -892,10 +938,27 @@ mod tests {
                 step.latencies.keys()
             );
         }
+        // Deliveries are also dated at their arrival on the sockets; the
+        // host starts stamping a moment after the first socket asks, so
+        // the earliest few may lack a stamp, never the most.
+        let delivered = step.latencies["delivery"].count;
+        let arrival = &step.latencies[verdict::DELIVERY_ARRIVAL];
+        let lag = &step.latencies[verdict::DELIVERY_READ_LAG];
+        assert!(
+            arrival.count * 10 >= delivered * 9 && arrival.count == lag.count,
+            "{} stamped of {delivered} deliveries, {} lags",
+            arrival.count,
+            lag.count
+        );
+        // A delivery is no later at its arrival than at its read.
+        assert!(
+            arrival.p50_ms <= step.latencies["delivery"].p50_ms,
+            "{arrival:?}"
+        );
         assert!(!result.timeline.is_empty());
         assert!(result.timeline.iter().any(|s| s.server_rss_mib > 0.0));
         let dir = tempfile::tempdir().unwrap();
-        let files = reports::write_report(&report_input(result, None), dir.path()).unwrap();
+        let files = reports::write_report(&report_input(result, None, false), dir.path()).unwrap();
         let html = std::fs::read_to_string(&files.html).unwrap();
         assert!(html.contains("objective met at 300 active users"));
         let back: scenarios::results::RunResult =
