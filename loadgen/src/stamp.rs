@@ -12,10 +12,10 @@
 //! all of them the newest one's stamp), so the figure errs towards the
 //! server's disadvantage, never towards its advantage.
 
+use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
@@ -35,29 +35,37 @@ pub fn enable(fd: &impl AsFd) -> io::Result<()> {
     socket::setsockopt(fd, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
 
-/// Reads into `buf` like `recv`, and returns with the byte count the
-/// kernel's receive stamp of the newest segment read (nanoseconds since the
-/// Unix epoch), when the socket has stamping enabled.
+thread_local! {
+    /// Room for one stamp's control message, kept for every read of the
+    /// thread instead of allocated per read (a fan-out reads thousands of
+    /// sockets in a burst).
+    static CONTROL: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec));
+}
+
+/// Reads into `buf` like `recv`. Returns the byte count and, when the
+/// socket has stamping enabled, the kernel's receive stamp of the newest
+/// segment read (nanoseconds since the Unix epoch).
 pub fn recv(fd: &impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<()>(
-        fd.as_fd().as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
-    let mut stamp = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmTimestampns(ts) = c {
-            let ns = (ts.tv_sec() as u64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(ts.tv_nsec() as u64);
-            stamp = Some(ns);
+    CONTROL.with_borrow_mut(|space| {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = socket::recvmsg::<()>(
+            fd.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(space),
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        let mut stamp = None;
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                let ns = (ts.tv_sec() as u64)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(ts.tv_nsec() as u64);
+                stamp = Some(ns);
+            }
         }
-    }
-    Ok((msg.bytes, stamp))
+        Ok((msg.bytes, stamp))
+    })
 }
 
 /// A TCP stream whose reads keep the kernel's receive stamp of the newest
@@ -66,7 +74,7 @@ pub fn recv(fd: &impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> 
 pub struct Stamped {
     tcp: TcpStream,
     /// Nanoseconds since the Unix epoch; 0 until a stamped read.
-    arrived_ns: AtomicU64,
+    arrived_ns: u64,
 }
 
 impl Stamped {
@@ -74,10 +82,7 @@ impl Stamped {
     /// no receive stamps for TCP.
     pub fn new(tcp: TcpStream) -> io::Result<Stamped> {
         enable(&tcp)?;
-        Ok(Stamped {
-            tcp,
-            arrived_ns: AtomicU64::new(0),
-        })
+        Ok(Stamped { tcp, arrived_ns: 0 })
     }
 
     /// When the newest segment of the last read reached the socket, in
@@ -85,7 +90,7 @@ impl Stamped {
     /// kernel turns stamping on for the whole host a moment after the first
     /// socket asks, so the first segments may have none).
     pub fn arrived_ns(&self) -> u64 {
-        self.arrived_ns.load(Ordering::Relaxed)
+        self.arrived_ns
     }
 }
 
@@ -109,7 +114,7 @@ impl AsyncRead for Stamped {
                     if n > 0 {
                         // A read without a stamp leaves the arrival
                         // unknown, not the previous read's (earlier) one.
-                        this.arrived_ns.store(stamp.unwrap_or(0), Ordering::Relaxed);
+                        this.arrived_ns = stamp.unwrap_or(0);
                     }
                     out.advance(n);
                     return Poll::Ready(Ok(()));

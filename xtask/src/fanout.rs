@@ -153,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         all.cpu_us_each(server_pct, elapsed),
         all.cpu_us_each(client_pct, elapsed),
     );
-    print_read_and_arrival(&all);
+    all.print_read_and_arrival();
     if h.len() != expected || short > 0 {
         bail!(
             "{} of {expected} deliveries arrived; {short} endpoint(s) missed messages",
@@ -161,20 +161,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The latency at the clients' reads beside the latency at arrival on
-/// their sockets (the kernel's receive stamps): the difference is how long
-/// messages waited for the clients themselves.
-pub fn print_read_and_arrival(all: &Deliveries) {
-    if all.arrival.0.is_empty() {
-        return;
-    }
-    println!("\n| measured at | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    println!("| the client's read | {} |", all.latency_cells());
-    println!(
-        "| arrival on the client's socket (kernel receive stamp) | {} |",
-        all.arrival_cells()
-    );
 }

@@ -204,7 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         all.cpu_us_each(sender_pct, elapsed),
         all.cpu_us_each(receiver_pct, elapsed),
     );
-    crate::fanout::print_read_and_arrival(&all);
+    all.print_read_and_arrival();
     if h.len() != expected || short > 0 {
         bail!(
             "{} of {expected} deliveries arrived; {short} socket(s) missed messages",
@@ -321,13 +321,7 @@ pub fn receiver(ports: &[u16], first: usize, sockets: usize, bytes: usize) -> an
                 };
                 let now = unix_ns();
                 cutters[i].feed(bytes, &buf[..n], |sent| {
-                    let us = now.saturating_sub(sent) / 1000;
-                    seen.latency.0.saturating_record(us.max(1));
-                    if let Some(at) = stamp {
-                        let us = at.saturating_sub(sent) / 1000;
-                        seen.arrival.0.saturating_record(us.max(1));
-                    }
-                    seen.per_endpoint[i] += 1;
+                    seen.record(i, sent, now, stamp);
                     if seen.per_endpoint[i] == rounds {
                         complete += 1;
                     }

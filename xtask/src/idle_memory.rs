@@ -279,6 +279,18 @@ impl Deliveries {
         self.per_endpoint.extend(part.per_endpoint);
     }
 
+    /// One message to endpoint `i`, sent (intended) at `sent_ns` and read
+    /// at `read_ns`; `arrived_ns` is the kernel's receive stamp of the read
+    /// that completed it, if it had one (all nanoseconds since the epoch).
+    pub fn record(&mut self, i: usize, sent_ns: u64, read_ns: u64, arrived_ns: Option<u64>) {
+        let us = |at: u64| (at.saturating_sub(sent_ns) / 1000).max(1);
+        self.latency.0.saturating_record(us(read_ns));
+        if let Some(at) = arrived_ns {
+            self.arrival.0.saturating_record(us(at));
+        }
+        self.per_endpoint[i] += 1;
+    }
+
     /// Endpoints that received fewer than `n` messages.
     pub fn short_of(&self, n: u64) -> usize {
         self.per_endpoint.iter().filter(|got| **got < n).count()
@@ -290,9 +302,20 @@ impl Deliveries {
         cells(&self.latency)
     }
 
-    /// The same cells of the arrival latency.
-    pub fn arrival_cells(&self) -> String {
-        cells(&self.arrival)
+    /// The latency at the clients' reads beside the latency at arrival on
+    /// their sockets (the kernel's receive stamps), as a table: the
+    /// difference is how long messages waited for the clients themselves.
+    pub fn print_read_and_arrival(&self) {
+        if self.arrival.0.is_empty() {
+            return;
+        }
+        println!("\n| measured at | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| the client's read | {} |", self.latency_cells());
+        println!(
+            "| arrival on the client's socket (kernel receive stamp) | {} |",
+            cells(&self.arrival)
+        );
     }
 
     /// CPU of `pct` percent of one core over `elapsed_s` seconds, in
@@ -403,15 +426,10 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
                         continue;
                     }
                     if let Some(sent_ns) = frame.to_text().ok().and_then(fanout_sent_ns) {
-                        let us = unix_ns().saturating_sub(sent_ns) / 1000;
-                        let arrived_ns = ws.get_ref().arrived_ns();
+                        let read_ns = unix_ns();
+                        let arrived_ns = Some(ws.get_ref().arrived_ns()).filter(|&ns| ns > 0);
                         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                        seen.latency.0.saturating_record(us.max(1));
-                        if arrived_ns > 0 {
-                            let at = arrived_ns.saturating_sub(sent_ns) / 1000;
-                            seen.arrival.0.saturating_record(at.max(1));
-                        }
-                        seen.per_endpoint[i] += 1;
+                        seen.record(i, sent_ns, read_ns, arrived_ns);
                     }
                 }
             });
@@ -523,6 +541,29 @@ mod tests {
         assert_eq!(all.latency_cells(), "2.0 | 100.0 | 100.0 | 100.0 | 100.0");
         // 50 % of one core for 3 s is 1.5 s of CPU over 3 deliveries.
         assert!((all.cpu_us_each(50.0, 3.0) - 500_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_message_is_timed_at_its_read_and_at_its_arrival() {
+        let mut d = Deliveries {
+            per_endpoint: vec![0, 0],
+            ..Deliveries::default()
+        };
+        let sent = 1_000_000_000;
+        // Read 5 ms after it was due, arrived 2 ms after.
+        d.record(1, sent, sent + 5_000_000, Some(sent + 2_000_000));
+        // No stamp: timed at the read only.
+        d.record(1, sent, sent + 7_000_000, None);
+        assert_eq!(d.per_endpoint, vec![0, 2]);
+        assert_eq!(d.latency.0.len(), 2);
+        assert_eq!(d.arrival.0.len(), 1);
+        // (Equal within the histogram's precision.)
+        assert!(d.arrival.0.equivalent(d.arrival.0.max(), 2_000));
+        assert!(d
+            .latency
+            .0
+            .equivalent(d.latency.0.value_at_quantile(0.5), 5_000));
+        assert!(d.latency.0.equivalent(d.latency.0.max(), 7_000));
     }
 
     #[test]
