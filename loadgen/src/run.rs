@@ -78,6 +78,10 @@ pub struct RunSpec {
     pub steps: Vec<StepSpec>,
     /// Stop after the first step that breaks the objective (knee search).
     pub stop_when_broken: bool,
+    /// After `steps`, run more steps (with the last step's times) that
+    /// bisect the knee to within this many users
+    /// ([`scenarios::verdict::next_refinement`]); `None`: none.
+    pub refine_to: Option<u64>,
     /// goose users executing the request/response operations, over all
     /// generator processes.
     pub workers: usize,
@@ -197,14 +201,26 @@ pub async fn run(
     let mut ended_because = None;
     let progress_tick = {
         let progress = progress.clone();
-        move |step: usize| {
+        move |step: usize, steps: usize| {
             let mut p = lock(&progress).clone();
             p.step = step + 1;
-            p.steps = spec.steps.len();
+            p.steps = steps;
             on_progress(&p);
         }
     };
-    for (i, step_spec) in spec.steps.iter().enumerate() {
+    let mut planned: std::collections::VecDeque<StepSpec> = spec.steps.iter().cloned().collect();
+    // (users, held) of every step run, for the knee's refinement.
+    let mut outcomes: Vec<(u64, bool)> = Vec::new();
+    for i in 0.. {
+        let step_spec = match planned.pop_front() {
+            Some(s) => s,
+            None => match refinement(spec, &outcomes) {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let step_spec = &step_spec;
+        let steps_known = i + 1 + planned.len();
         if interrupt.is_cancelled() {
             ended_because = Some("interrupted (Ctrl-C)".into());
             break;
@@ -227,7 +243,8 @@ pub async fn run(
         };
         if let Some(reason) = preflight(&workload, target, &fits) {
             // Larger steps would not fit either: stop here.
-            not_run.extend(spec.steps[i..].iter().map(|s| scenarios::results::NotRun {
+            let rest = std::iter::once(step_spec).chain(planned.iter());
+            not_run.extend(rest.map(|s| scenarios::results::NotRun {
                 users: s.users,
                 endpoints: if s.users == step_spec.users {
                     workload.endpoints()
@@ -247,7 +264,7 @@ pub async fn run(
             live: live.clone(),
             epoch,
             interrupt: interrupt.clone(),
-            tick: &|| progress_tick(i),
+            tick: &|| progress_tick(i, steps_known),
         })
         .await;
         let (step, lag, limits) = match outcome {
@@ -260,13 +277,16 @@ pub async fn run(
         lag_max_us = lag_max_us.max(lag);
         limits_hit.extend(limits);
         let holds = judge(&step);
+        outcomes.push((step.users, holds));
         steps.push(step);
         if interrupt.is_cancelled() {
             ended_because = Some("interrupted (Ctrl-C)".into());
             break;
         }
         if spec.stop_when_broken && !holds {
-            break;
+            // The knee is bracketed: heavier steps would only overload the
+            // host; refinement steps (if any) follow.
+            planned.clear();
         }
     }
     live.set_phase("done");
@@ -301,6 +321,17 @@ pub async fn run(
         generator,
         limits_hit,
         not_run,
+    })
+}
+
+/// The next step of a refined knee search once the planned steps are
+/// done: its users from [`scenarios::verdict::next_refinement`], its times
+/// those of the last planned step.
+fn refinement(spec: &RunSpec, outcomes: &[(u64, bool)]) -> Option<StepSpec> {
+    let users = scenarios::verdict::next_refinement(outcomes, spec.refine_to?)?;
+    Some(StepSpec {
+        users,
+        ..spec.steps.last()?.clone()
     })
 }
 

@@ -49,6 +49,8 @@
 //! # max = 60000
 //! # step_ramp_s = 60
 //! # step_steady_s = 60
+//! # refine_to = 1000       # then bisect between the last step that held and
+//!                          # the first that broke, to within 1,000 users
 //!
 //! [slo]                    # optional; these are the defaults
 //! p99_delivery_ms = 250
@@ -221,6 +223,10 @@ pub struct Steps {
     /// Stop after the first step that breaks the objective (default true):
     /// the knee is found, and heavier steps would only overload the host.
     pub stop_when_broken: bool,
+    /// After the ramp, bisect between the heaviest step that held below
+    /// the lightest that broke until the two lie at most this many users
+    /// apart (`None`: no refinement; the knee's resolution is `step`).
+    pub refine_to: Option<u64>,
 }
 
 /// A scenario file that could not be used.
@@ -297,6 +303,7 @@ impl Scenario {
             s.start = f(s.start);
             s.step = f(s.step);
             s.max = f(s.max);
+            s.refine_to = s.refine_to.map(f);
         }
         self
     }
@@ -412,6 +419,8 @@ struct RawSteps {
     step_steady_s: Spanned<f64>,
     #[serde(default)]
     stop_when_broken: Option<bool>,
+    #[serde(default)]
+    refine_to: Option<Spanned<u64>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -774,6 +783,20 @@ impl RawLoad {
                         format!("makes more than {MAX_STEPS} steps from {start} to {max}"),
                     ));
                 }
+                let refine_to = match &s.refine_to {
+                    None => None,
+                    Some(r) if *r.get_ref() == 0 => {
+                        return Err(c.bad("load.steps.refine_to", r, "must be at least 1"))
+                    }
+                    Some(r) if *r.get_ref() >= step => {
+                        return Err(c.bad(
+                            "load.steps.refine_to",
+                            r,
+                            format!("must be below step ({step}): steps of {step} already resolve the knee that finely"),
+                        ))
+                    }
+                    Some(r) => Some(*r.get_ref()),
+                };
                 (
                     None,
                     Some(Steps {
@@ -781,6 +804,7 @@ impl RawLoad {
                         step,
                         max,
                         stop_when_broken: s.stop_when_broken.unwrap_or(true),
+                        refine_to,
                     }),
                     c.seconds("load.steps.step_ramp_s", &s.step_ramp_s, true)?,
                     c.seconds("load.steps.step_steady_s", &s.step_steady_s, false)?,
@@ -904,6 +928,7 @@ max = 3500
 step_ramp_s = 10
 step_steady_s = 20
 stop_when_broken = false
+refine_to = 250
 
 [slo]
 p99_delivery_ms = 100
@@ -914,6 +939,11 @@ max_error_pct = 0
         let s = Scenario::parse(text, "all.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.user_steps(), vec![1_000, 2_000, 3_000]);
         assert!(!s.stop_when_broken());
+        assert_eq!(s.load.steps.as_ref().unwrap().refine_to, Some(250));
+        assert_eq!(
+            s.clone().scaled(0.5).load.steps.unwrap().refine_to,
+            Some(125)
+        );
         assert_eq!(
             (s.load.ramp_s, s.load.steady_s, s.load.grace_s),
             (10.0, 20.0, 2.0)
@@ -1004,6 +1034,12 @@ max_error_pct = 0
         let stepped = "name = \"k\"\n[load.steps]\nstart = 5\nstep = 1\nmax = 2\nstep_ramp_s = 1\nstep_steady_s = 1\n";
         let e = error(stepped);
         insta::assert_snapshot!(e, @"mine.toml:5:1: load.steps.max: must be at least start (5)");
+
+        let refined = "name = \"k\"\n[load.steps]\nstart = 5\nstep = 5\nmax = 20\nstep_ramp_s = 1\nstep_steady_s = 1\nrefine_to = 5\n";
+        let e = error(refined);
+        insta::assert_snapshot!(e, @"mine.toml:8:1: load.steps.refine_to: must be below step (5): steps of 5 already resolve the knee that finely");
+        let e = error(&refined.replace("refine_to = 5", "refine_to = 0"));
+        insta::assert_snapshot!(e, @"mine.toml:8:1: load.steps.refine_to: must be at least 1");
 
         let e = error(&format!("{GOOD}\n[load.steps]\nstart = 1\nstep = 1\nmax = 2\nstep_ramp_s = 1\nstep_steady_s = 1\n"));
         assert_eq!((e.line, e.field.as_deref()), (4, Some("load.users")), "{e}");

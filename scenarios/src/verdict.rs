@@ -58,8 +58,12 @@ pub struct Knee {
     /// The user count of the last step that met the objective before the
     /// first that broke it; `None` when the first step broke it.
     pub capacity: Option<u64>,
-    /// The first user count that broke it, and why; `None` when no step did.
+    /// The lightest user count that broke it, and why; `None` when no step
+    /// did.
     pub broke_at: Option<(u64, String)>,
+    /// The heaviest step above `broke_at` that met the objective anyway
+    /// (a host whose figures vary from run to run), if any.
+    pub held_above: Option<u64>,
     /// Why the run cannot support the finding, when it cannot (see
     /// [`invalid_because`]).
     pub invalid: Option<String>,
@@ -346,31 +350,78 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
     Some(verdict(measured, holds, why))
 }
 
-/// The capacity a stepped run found: the last step that met the objective
-/// before the first that broke it (steps after a break do not raise it:
-/// capacity is where the objective first fails). `None` when no step ran.
+/// The capacity a stepped run found: the heaviest step that met the
+/// objective below the lightest step that broke it (heavier steps that
+/// held do not raise it: capacity is where the objective first fails).
+/// Steps may come in any order, as a refined knee search runs them (see
+/// [`next_refinement`]). `None` when no step ran.
 pub fn knee(result: &RunResult) -> Option<Knee> {
     if result.steps.is_empty() {
         return None;
     }
-    let invalid = invalid_because(result);
-    let mut capacity = None;
-    for s in &result.steps {
-        let j = judge(s, &result.slo);
-        if !j.holds {
-            return Some(Knee {
-                capacity,
-                broke_at: Some((s.users, j.why)),
-                invalid,
-            });
-        }
-        capacity = Some(s.users);
-    }
+    let judged: Vec<(&Step, Judgement)> = result
+        .steps
+        .iter()
+        .map(|s| (s, judge(s, &result.slo)))
+        .collect();
+    let broke = judged
+        .iter()
+        .filter(|(_, j)| !j.holds)
+        .min_by_key(|(s, _)| s.users);
+    let below = |users: u64| {
+        judged
+            .iter()
+            .filter(|(s, j)| j.holds && s.users < users)
+            .map(|(s, _)| s.users)
+            .max()
+    };
+    let (capacity, broke_at, held_above) = match broke {
+        Some((b, j)) => (
+            below(b.users),
+            Some((b.users, j.why.clone())),
+            judged
+                .iter()
+                .filter(|(s, j)| j.holds && s.users > b.users)
+                .map(|(s, _)| s.users)
+                .max(),
+        ),
+        None => (below(u64::MAX), None, None),
+    };
     Some(Knee {
         capacity,
-        broke_at: None,
-        invalid,
+        broke_at,
+        held_above,
+        invalid: invalid_because(result),
     })
+}
+
+/// The user count of the next step of a refined knee search, from the
+/// steps run so far as (users, held): a multiple of `resolution` strictly
+/// between the heaviest step that held below the lightest that broke (0
+/// when none held) and that broken step, as near their middle as the
+/// multiples allow. `None` when no step broke, when the two lie at most
+/// `resolution` apart, or when no multiple lies between them.
+pub fn next_refinement(outcomes: &[(u64, bool)], resolution: u64) -> Option<u64> {
+    let resolution = resolution.max(1);
+    let broke = outcomes.iter().filter(|o| !o.1).map(|o| o.0).min()?;
+    let held = outcomes
+        .iter()
+        .filter(|o| o.1 && o.0 < broke)
+        .map(|o| o.0)
+        .max()
+        .unwrap_or(0);
+    if broke - held <= resolution {
+        return None;
+    }
+    let middle = held + (broke - held) / 2;
+    let mut next = (middle + resolution / 2) / resolution * resolution;
+    if next <= held {
+        next += resolution;
+    }
+    if next >= broke {
+        next = next.checked_sub(resolution)?;
+    }
+    (next > held && next < broke && !outcomes.iter().any(|o| o.0 == next)).then_some(next)
 }
 
 #[cfg(test)]
@@ -740,5 +791,80 @@ mod tests {
             .starts_with("invalid run"));
 
         assert_eq!(knee(&result(vec![], None)), None);
+    }
+
+    #[test]
+    fn a_refined_knee_lies_between_the_heaviest_hold_and_the_lightest_break_in_any_order() {
+        // A ramp 10, 20 (broke), then refinement steps 15 (held), 18 (broke).
+        let r = result(
+            vec![
+                step(10, 50.0),
+                step(20, 300.0),
+                step(15, 90.0),
+                step(18, 260.0),
+            ],
+            None,
+        );
+        let k = knee(&r).unwrap();
+        assert_eq!(k.capacity, Some(15));
+        assert_eq!(k.broke_at.map(|b| b.0), Some(18));
+        assert_eq!(k.held_above, None);
+
+        // A heavier step that held after a lighter one broke is named.
+        let k = knee(&result(
+            vec![step(10, 50.0), step(20, 300.0), step(30, 90.0)],
+            None,
+        ))
+        .unwrap();
+        assert_eq!((k.capacity, k.held_above), (Some(10), Some(30)));
+    }
+
+    #[test]
+    fn refinement_bisects_on_multiples_of_its_resolution_until_close_enough() {
+        // Held 5,000, broke 10,000: try 8,000 (the middle, 7,500, rounds up).
+        assert_eq!(
+            next_refinement(&[(5_000, true), (10_000, false)], 1_000),
+            Some(8_000)
+        );
+        // 8,000 broke: the middle of 5,000 and 8,000, 6,500, rounds to 7,000.
+        let runs = [(5_000, true), (10_000, false), (8_000, false)];
+        assert_eq!(next_refinement(&runs, 1_000), Some(7_000));
+        let runs = [
+            (5_000, true),
+            (10_000, false),
+            (8_000, false),
+            (7_000, true),
+        ];
+        assert_eq!(
+            next_refinement(&runs, 1_000),
+            None,
+            "7,000 and 8,000 are 1,000 apart"
+        );
+        // The first step broke: search down from it towards 0.
+        assert_eq!(next_refinement(&[(5_000, false)], 1_000), Some(3_000));
+        // Nothing broke, or nothing fits between the ends: no further step.
+        assert_eq!(
+            next_refinement(&[(5_000, true), (10_000, true)], 1_000),
+            None
+        );
+        assert_eq!(
+            next_refinement(&[(5_000, true), (6_500, false)], 1_000),
+            Some(6_000)
+        );
+        assert_eq!(
+            next_refinement(&[(5_100, true), (6_900, false)], 1_000),
+            Some(6_000)
+        );
+        assert_eq!(
+            next_refinement(&[(5_100, true), (5_900, false)], 500),
+            Some(5_500)
+        );
+        assert_eq!(
+            next_refinement(&[(5_100, true), (5_400, false)], 100),
+            Some(5_300)
+        );
+        // A lighter step that held counts only below the lightest break.
+        let runs = [(5_000, true), (10_000, false), (12_000, true)];
+        assert_eq!(next_refinement(&runs, 1_000), Some(8_000));
     }
 }

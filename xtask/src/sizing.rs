@@ -269,7 +269,8 @@ fn run_scenario(
         claim: scenario.claim.clone(),
         slo: scenario.slo.clone(),
         seed: scenario.seed,
-        stop_when_broken: scenario.load.steps.is_some(),
+        stop_when_broken: scenario.stop_when_broken(),
+        refine_to: scenario.load.steps.as_ref().and_then(|s| s.refine_to),
         steps,
         workers: scenario.load.workers,
         generators: args.generators,
@@ -661,14 +662,17 @@ pub fn report_input(
         .then(|| verdict::knee(&result))
         .flatten()
         .map(|k| {
-            let text = match (&k.capacity, &k.broke_at) {
+            let mut text = match (&k.capacity, &k.broke_at) {
                 (Some(c), Some((b, why))) => {
-                    format!("capacity {c} active users; the objective broke at {b}: {why}")
+                    format!(
+                        "capacity {c} active users (the heaviest step that met the objective \
+                         below the lightest that broke it); the objective broke at {b}: {why}"
+                    )
                 }
                 (None, Some((b, why))) => {
                     format!(
-                        "below {b} active users: the objective broke at the first step ({b} \
-                         users): {why}"
+                        "below {b} active users: no step met the objective; the lightest ({b} \
+                         users) broke it: {why}"
                     )
                 }
                 (Some(c), None) => match result.not_run.first() {
@@ -681,6 +685,13 @@ pub fn report_input(
                 },
                 (None, None) => "no step completed".into(),
             };
+            if let (Some(above), Some((b, _))) = (k.held_above, &k.broke_at) {
+                text.push_str(&format!(
+                    ". A heavier step, {above} users, met the objective although {b} broke it: \
+                     near the knee the outcome is not repeatable on this host; repeat the run to \
+                     see how far it varies"
+                ));
+            }
             reports::Knee {
                 users: k.capacity,
                 text,
@@ -862,6 +873,16 @@ mod tests {
         generators: Option<usize>,
         shard_command: Option<loadgen::shard::ShardCommand>,
     ) -> scenarios::results::RunResult {
+        short_run_of(generators, shard_command, |_| {}, &|_| true)
+    }
+
+    /// [`short_run`] with the spec edited and the steps judged by `judge`.
+    fn short_run_of(
+        generators: Option<usize>,
+        shard_command: Option<loadgen::shard::ShardCommand>,
+        edit: impl FnOnce(&mut RunSpec),
+        judge: &dyn Fn(&scenarios::results::Step) -> bool,
+    ) -> scenarios::results::RunResult {
         let server = ServerProcess::start_debug().expect("start the reference server");
         let target = Target {
             base: server.base.clone(),
@@ -872,7 +893,7 @@ mod tests {
             stream_processes: 1,
             label: "reference server (test)".into(),
         };
-        let spec = RunSpec {
+        let mut spec = RunSpec {
             scenario: "ci-short".into(),
             description: "test load".into(),
             claim: None,
@@ -880,19 +901,21 @@ mod tests {
             seed: SEED,
             steps: vec![short_step()],
             stop_when_broken: false,
+            refine_to: None,
             workers: 8,
             generators,
             shard_command,
             goose_report: None,
             command: "cargo test -p xtask".into(),
         };
+        edit(&mut spec);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let result = rt
             .block_on(loadgen::run::run(
                 &spec,
                 &target,
                 &short_workload,
-                &|_| true,
+                judge,
                 CancellationToken::new(),
                 &|_| {},
             ))
@@ -964,6 +987,37 @@ mod tests {
         let back: scenarios::results::RunResult =
             serde_json::from_slice(&std::fs::read(&files.results_json).unwrap()).unwrap();
         assert_eq!(back.steps[0].correctness.acknowledged, c.acknowledged);
+    }
+
+    /// A knee search with refinement, on a real server, its steps judged by
+    /// their size alone (holding up to 35 users) so that the test pins the
+    /// search, not the host: the ramp's one step (60 users) breaks, then the
+    /// bisection on multiples of 20 tries 40 (breaks) and 20 (holds), and
+    /// stops, the two 20 apart. Every step is a full, checked run.
+    #[test]
+    fn a_knee_search_bisects_after_the_ramp_breaks() {
+        let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let result = short_run_of(
+            None,
+            None,
+            |spec| {
+                spec.steps = vec![StepSpec {
+                    users: 60,
+                    ramp_s: 2.0,
+                    steady_s: 3.0,
+                    grace_s: 1.0,
+                }];
+                spec.stop_when_broken = true;
+                spec.refine_to = Some(20);
+            },
+            &|step| step.users <= 35,
+        );
+        let users: Vec<u64> = result.steps.iter().map(|s| s.users).collect();
+        assert_eq!(users, [60, 40, 20]);
+        for s in &result.steps {
+            assert_eq!(s.endpoints * 2, s.users * 3, "{} users", s.users);
+            assert!(s.correctness.is_clean(), "{}: {:?}", s.users, s.correctness);
+        }
     }
 
     /// The same load from two load generator processes (this task binary's

@@ -495,11 +495,15 @@ fn latency_distribution(r: &RunResult) -> ChartPlan {
 
 fn knee(input: &ReportInput) -> ChartPlan {
     let r = &input.result;
+    // In user order: a refined knee search runs its steps out of order.
     let p99_by_users = |key: &str| -> Vec<(f64, f64)> {
-        r.steps
+        let mut points: Vec<(f64, f64)> = r
+            .steps
             .iter()
             .filter_map(|s| s.latencies.get(key).map(|l| (s.users as f64, l.p99_ms)))
-            .collect()
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
     };
     let mut p = Panel::new(
         "active users",
