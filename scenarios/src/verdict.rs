@@ -55,8 +55,8 @@ pub struct ClaimVerdict {
 /// What a stepped run found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Knee {
-    /// The user count of the last step that met the objective before the
-    /// first that broke it; `None` when the first step broke it.
+    /// The user count of the heaviest step that met the objective below
+    /// the lightest that broke it; `None` when no step below it met it.
     pub capacity: Option<u64>,
     /// The lightest user count that broke it, and why; `None` when no step
     /// did.
@@ -364,35 +364,52 @@ pub fn knee(result: &RunResult) -> Option<Knee> {
         .iter()
         .map(|s| (s, judge(s, &result.slo)))
         .collect();
-    let broke = judged
-        .iter()
-        .filter(|(_, j)| !j.holds)
-        .min_by_key(|(s, _)| s.users);
-    let below = |users: u64| {
-        judged
+    let outcomes: Vec<(u64, bool)> = judged.iter().map(|(s, j)| (s.users, j.holds)).collect();
+    let Bracket {
+        held_below: capacity,
+        broke,
+        held_above,
+    } = bracket(&outcomes);
+    let broke_at = broke.map(|users| {
+        let why = judged
             .iter()
-            .filter(|(s, j)| j.holds && s.users < users)
-            .map(|(s, _)| s.users)
-            .max()
-    };
-    let (capacity, broke_at, held_above) = match broke {
-        Some((b, j)) => (
-            below(b.users),
-            Some((b.users, j.why.clone())),
-            judged
-                .iter()
-                .filter(|(s, j)| j.holds && s.users > b.users)
-                .map(|(s, _)| s.users)
-                .max(),
-        ),
-        None => (below(u64::MAX), None, None),
-    };
+            .find(|(s, j)| !j.holds && s.users == users)
+            .map(|(_, j)| j.why.clone())
+            .unwrap_or_default();
+        (users, why)
+    });
     Some(Knee {
         capacity,
         broke_at,
         held_above,
         invalid: invalid_because(result),
     })
+}
+
+/// Where a stepped run's outcomes, (users, held) in any order, place the
+/// knee: the lightest step that broke the objective, the heaviest that met
+/// it below that (below every step when none broke), and the heaviest that
+/// met it above the break.
+struct Bracket {
+    held_below: Option<u64>,
+    broke: Option<u64>,
+    held_above: Option<u64>,
+}
+
+fn bracket(outcomes: &[(u64, bool)]) -> Bracket {
+    let broke = outcomes.iter().filter(|o| !o.1).map(|o| o.0).min();
+    let heaviest_held = |keep: &dyn Fn(u64) -> bool| {
+        outcomes
+            .iter()
+            .filter(|o| o.1 && keep(o.0))
+            .map(|o| o.0)
+            .max()
+    };
+    Bracket {
+        held_below: heaviest_held(&|users| broke.is_none_or(|b| users < b)),
+        broke,
+        held_above: broke.and_then(|b| heaviest_held(&|users| users > b)),
+    }
 }
 
 /// The user count of the next step of a refined knee search, from the
@@ -403,13 +420,9 @@ pub fn knee(result: &RunResult) -> Option<Knee> {
 /// `resolution` apart, or when no multiple lies between them.
 pub fn next_refinement(outcomes: &[(u64, bool)], resolution: u64) -> Option<u64> {
     let resolution = resolution.max(1);
-    let broke = outcomes.iter().filter(|o| !o.1).map(|o| o.0).min()?;
-    let held = outcomes
-        .iter()
-        .filter(|o| o.1 && o.0 < broke)
-        .map(|o| o.0)
-        .max()
-        .unwrap_or(0);
+    let bracket = bracket(outcomes);
+    let broke = bracket.broke?;
+    let held = bracket.held_below.unwrap_or(0);
     if broke - held <= resolution {
         return None;
     }
