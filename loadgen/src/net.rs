@@ -20,8 +20,11 @@ use crate::stamp::Stamped;
 /// kernel's receive stamps ([`crate::stamp`]).
 pub type Ws = WebSocketStream<Stamped>;
 
-/// Bytes a stream reads at most at once (see [`open_stream`]).
-pub const READ_BUFFER: usize = 1024;
+/// Bytes a stream reads at most at once. tungstenite zero-fills this much
+/// before every read: in a fan-out (two reads a frame, most frames a few
+/// hundred bytes) 4 KiB made that fill 7 % of a client's CPU. A longer
+/// frame takes more reads.
+const READ_BUFFER: usize = 1024;
 
 /// Connections one (source address, destination) pair can hold before the
 /// ephemeral port range (32768-60999 here) runs out, with a margin.
@@ -127,9 +130,6 @@ async fn open_stream(
         .with_context(|| format!("connect to {dest}"))?;
     tcp.set_nodelay(true)?;
     let tcp = Stamped::new(tcp).context("enable receive stamps")?;
-    // tungstenite zero-fills this much before every read: in a fan-out
-    // (two reads a frame, most frames a few hundred bytes) a 4 KiB buffer
-    // made that fill 7 % of a client's CPU. A longer frame takes more reads.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0);
