@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::Recorder;
@@ -429,7 +427,7 @@ pub async fn run_stream(
         ep.set_phase(phase::WAITING);
         let Some(reason) = why else {
             // Stopped: close politely, briefly.
-            let _ = tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(200), ws.close()).await;
             return;
         };
         pool.recorder.retried("stream", &reason);
@@ -641,35 +639,14 @@ async fn read_stream(
         };
         match frame {
             None => return Some("closed:eof".into()),
-            Some(Err(e)) => return Some(format!("closed:{}", short_ws_error(&e))),
-            Some(Ok(WsMessage::Text(text))) => {
-                let arrived_ns = ws.get_ref().arrived_ns();
-                on_frame(
-                    pool,
-                    ep,
-                    node,
-                    text.as_str(),
-                    arrived_ns,
-                    &mut rejoin_started,
-                )
+            Some(Err(e)) => return Some(format!("closed:{}", e.short())),
+            Some(Ok(crate::ws::Frame::Text { text, arrived_ns })) => {
+                on_frame(pool, ep, node, text, arrived_ns, &mut rejoin_started)
             }
-            Some(Ok(WsMessage::Close(frame))) => {
-                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                return Some(format!("closed:{code}"));
+            Some(Ok(crate::ws::Frame::Close(code))) => {
+                return Some(format!("closed:{}", code.unwrap_or(1005)));
             }
-            Some(Ok(_)) => {}
         }
-    }
-}
-
-fn short_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> &'static str {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::ConnectionClosed | E::AlreadyClosed => "eof",
-        E::Io(_) => "io",
-        E::Protocol(_) => "protocol",
-        E::Capacity(_) => "capacity",
-        _ => "error",
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`shard`]: one generator shard's part of a step (the users `u` with
 //!   `u % shards == k`), run in this process or as a process of its own.
 //! - [`run`]: a whole run, step by step, with CPU/RSS sampling.
+//! - [`ws`]: the event streams' WebSocket client, over [`stamp`]'s reads.
 //! - [`net`], [`procfs`]: sockets, fd limits, /proc sampling.
 
 pub mod check;
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod shard;
 pub mod stamp;
 pub mod workload;
+pub mod ws;
 
 pub use procfs::machine;
 

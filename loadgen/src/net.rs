@@ -1,30 +1,21 @@
 //! Lean client sockets: event streams with small buffers, spread over several
 //! loopback source addresses, and the process limits that bound them.
 //!
-//! tokio-tungstenite's default buffers (128 KiB read, 128 KiB write) would cost
-//! gigabytes at the tens of thousands of streams a sizing run holds; here a
-//! stream reads through a 1 KiB buffer and writes at once.
+//! A stream is a [`crate::ws::EventStream`]: a 1 KiB read buffer that grows
+//! only for a long frame, and nothing buffered for writing, so the tens of
+//! thousands of streams a sizing run holds cost megabytes, not gigabytes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
 
-use crate::stamp::Stamped;
+use crate::ws::{EventStream, Refusal, UpgradeError};
 
-/// An event stream as the load generator holds it: its socket keeps the
+/// An event stream as the load generator holds it: its frames carry the
 /// kernel's receive stamps ([`crate::stamp`]).
-pub type Ws = WebSocketStream<Stamped>;
-
-/// Bytes a stream reads at most at once. tungstenite zero-fills this much
-/// before every read: in a fan-out (two reads a frame, most frames a few
-/// hundred bytes) 4 KiB made that fill 7 % of a client's CPU. A longer
-/// frame takes more reads.
-const READ_BUFFER: usize = 1024;
+pub type Ws = EventStream;
 
 /// Connections one (source address, destination) pair can hold before the
 /// ephemeral port range (32768-60999 here) runs out, with a margin.
@@ -129,20 +120,11 @@ async fn open_stream(
         .await
         .with_context(|| format!("connect to {dest}"))?;
     tcp.set_nodelay(true)?;
-    let tcp = Stamped::new(tcp).context("enable receive stamps")?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let (ws, resp) =
-        match tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
-            Ok(answer) => answer,
-            Err(tungstenite::Error::Http(resp)) => return Err(StreamRefused::from(&*resp).into()),
-            Err(e) => return Err(anyhow::Error::new(e).context("websocket handshake")),
-        };
-    if resp.status().as_u16() != 101 {
-        bail!("stream refused: {}", resp.status());
+    match EventStream::upgrade(tcp, &request).await {
+        Ok(ws) => Ok(ws),
+        Err(UpgradeError::Refused(r)) => Err(StreamRefused::from(&r).into()),
+        Err(UpgradeError::Failed(why)) => Err(anyhow::anyhow!("websocket handshake: {why}")),
     }
-    Ok(ws)
 }
 
 /// The server answered a stream's upgrade request with an error instead of
@@ -156,19 +138,13 @@ pub struct StreamRefused {
     pub retry_after: Option<Duration>,
 }
 
-impl From<&tungstenite::http::Response<Option<Vec<u8>>>> for StreamRefused {
-    fn from(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> StreamRefused {
-        let body: Option<serde_json::Value> = resp
-            .body()
-            .as_deref()
-            .and_then(|b| serde_json::from_slice(b).ok());
+impl From<&Refusal> for StreamRefused {
+    fn from(resp: &Refusal) -> StreamRefused {
+        let body: Option<serde_json::Value> = serde_json::from_slice(&resp.body).ok();
         let error = body.as_ref().map(|b| &b["error"]);
-        let header = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok());
+        let header = resp.retry_after.as_deref();
         StreamRefused {
-            status: resp.status().as_u16(),
+            status: resp.status,
             code: error.and_then(|e| e["code"].as_str()).map(str::to_owned),
             retry_after: crate::retry::retry_after(
                 error.and_then(|e| e["retry_after_ms"].as_u64()),

@@ -420,14 +420,16 @@ pub fn worker(spec: &Path) -> anyhow::Result<()> {
             let seen = seen.clone();
             let measure = spec.measure;
             tokio::spawn(async move {
-                use futures_util::StreamExt;
                 while let Some(Ok(frame)) = ws.next().await {
+                    let loadgen::ws::Frame::Text { text, arrived_ns } = frame else {
+                        continue;
+                    };
                     if !measure {
                         continue;
                     }
-                    if let Some(sent_ns) = frame.to_text().ok().and_then(fanout_sent_ns) {
+                    if let Some(sent_ns) = fanout_sent_ns(text) {
                         let read_ns = unix_ns();
-                        let arrived_ns = Some(ws.get_ref().arrived_ns()).filter(|&ns| ns > 0);
+                        let arrived_ns = Some(arrived_ns).filter(|&ns| ns > 0);
                         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                         seen.record(i, sent_ns, read_ns, arrived_ns);
                     }
