@@ -250,19 +250,24 @@ impl EventStream {
     /// [`Frame::Close`], or at end of file between frames). Cancel-safe:
     /// what was read stays in the stream.
     pub async fn next(&mut self) -> Option<Result<Frame<'_>, StreamError>> {
-        let got = std::future::poll_fn(|cx| self.poll_message(cx)).await;
-        Some(got?.map(|m| match m {
-            Message::Text(range) => Frame::Text {
-                // Checked in poll_message.
-                text: std::str::from_utf8(&self.buf[range]).unwrap_or_default(),
-                arrived_ns: self.arrived_ns,
-            },
-            Message::Fragmented => Frame::Text {
-                text: std::str::from_utf8(&self.partial).unwrap_or_default(),
-                arrived_ns: self.arrived_ns,
-            },
-            Message::Close(code) => Frame::Close(code),
-        }))
+        let message = match std::future::poll_fn(|cx| self.poll_message(cx)).await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let bytes = match message {
+            Message::Text(range) => &self.buf[range],
+            Message::Fragmented => &self.partial[..],
+            Message::Close(code) => return Some(Ok(Frame::Close(code))),
+        };
+        // The one UTF-8 check of a message's text.
+        Some(
+            std::str::from_utf8(bytes)
+                .map(|text| Frame::Text {
+                    text,
+                    arrived_ns: self.arrived_ns,
+                })
+                .map_err(|_| StreamError::Protocol("text not UTF-8")),
+        )
     }
 
     /// Starts the closing handshake with 1000 and writes it out.
@@ -318,11 +323,7 @@ impl EventStream {
     fn take(&mut self, h: Header, body: Range<usize>) -> Result<Option<Message>, StreamError> {
         let payload = &self.buf[body.clone()];
         match (h.opcode, self.fragmented) {
-            (OP_TEXT, None) if h.fin => {
-                std::str::from_utf8(payload)
-                    .map_err(|_| StreamError::Protocol("text frame not UTF-8"))?;
-                Ok(Some(Message::Text(body)))
-            }
+            (OP_TEXT, None) if h.fin => Ok(Some(Message::Text(body))),
             (OP_BINARY, None) if h.fin => Ok(None),
             (OP_TEXT | OP_BINARY, None) => {
                 let text = h.opcode == OP_TEXT;
@@ -349,8 +350,6 @@ impl EventStream {
                 if !text {
                     return Ok(None);
                 }
-                std::str::from_utf8(&self.partial)
-                    .map_err(|_| StreamError::Protocol("text message not UTF-8"))?;
                 Ok(Some(Message::Fragmented))
             }
             (OP_PING, _) => {
@@ -557,7 +556,8 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    /// A connection to a fresh listener, and the listener.
+    /// Both ends of a loopback connection (client, server) and an upgrade
+    /// request naming it.
     async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream, Request) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -629,6 +629,23 @@ mod tests {
                 }))
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn text_that_is_not_utf8_is_a_protocol_error() {
+        let (client, server, request) = pair().await;
+        let server = tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::accept_async(server).await.unwrap();
+            let bad = WsFrame::message(vec![0xff, 0xfe], OpCode::Data(Data::Text), true);
+            ws.send(WsMessage::Frame(bad)).await.unwrap();
+            ws
+        });
+        let mut stream = EventStream::upgrade(client, &request).await.unwrap();
+        match stream.next().await {
+            Some(Err(e @ StreamError::Protocol(_))) => assert_eq!(e.short(), "protocol"),
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(server.await.unwrap());
     }
 
     #[tokio::test]
