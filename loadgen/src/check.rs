@@ -78,6 +78,8 @@ pub fn check(
                     },
                     if log.rejoin.contains(room) {
                         "moved to another node and not yet joined there again; "
+                    } else if view.not_joined {
+                        "a resume was answered not_joined; "
                     } else {
                         ""
                     },
@@ -169,6 +171,7 @@ mod tests {
             delivered: delivered.to_vec(),
             via_join: via_join.to_vec(),
             joined: true,
+            not_joined: false,
         }
     }
 

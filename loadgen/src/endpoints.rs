@@ -33,6 +33,11 @@ pub struct RoomView {
     pub via_join: Vec<u64>,
     /// Currently joined (between a join answer and a leave).
     pub joined: bool,
+    /// A stream's resume of the room was answered `not_joined` (PC-9.4b)
+    /// while the endpoint counted itself joined: the server had no session
+    /// joined to it. Named in a witness of what the endpoint then missed.
+    #[serde(default)]
+    pub not_joined: bool,
 }
 
 /// One endpoint's record, keyed by room index of the workload. (Why a
@@ -56,6 +61,10 @@ pub struct Endpoint {
     /// What the stream task is doing (a [`phase`] constant): why an
     /// endpoint is without its stream when the run ends.
     phase: std::sync::atomic::AtomicU8,
+    /// Why the last connection attempt failed or the last stream ended
+    /// (a failure code: `busy`, `timeout`, `fd_limit`, `closed:4008`, ...);
+    /// cleared when a connection opens.
+    last_failure: Mutex<Option<String>>,
     /// Wakes those waiting for the stream (joins follow its `ready`).
     ready: tokio::sync::Notify,
 }
@@ -67,6 +76,7 @@ impl Endpoint {
             log: Mutex::new(EndpointLog::default()),
             connected: false.into(),
             phase: phase::WAITING.into(),
+            last_failure: Mutex::new(None),
             ready: tokio::sync::Notify::new(),
         }
     }
@@ -84,6 +94,26 @@ impl Endpoint {
             phase::OPEN => "unready",
             _ => "waiting",
         }
+    }
+
+    /// [`Endpoint::absence`] and, after a colon, why the last attempt
+    /// failed or the last stream ended, if one did: `waiting:busy`,
+    /// `connecting:timeout`. It names what kept an endpoint away, the
+    /// server's refusal or a host limit (`fd_limit`, `ports_exhausted`).
+    pub fn absence_detail(&self) -> String {
+        let why = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match why {
+            Some(why) => format!("{}:{why}", self.absence()),
+            None => self.absence().to_owned(),
+        }
+    }
+
+    fn set_failure(&self, why: Option<&str>) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = why.map(str::to_owned);
     }
 
     /// Whether the stream is open (its `ready` frame has arrived).
@@ -320,7 +350,11 @@ pub struct Pool {
 /// source address and seeds its waits. When the stream has to move to
 /// another node, the session does not exist there: the endpoint rejoins each
 /// room it was in with `since` = the last sequence number it saw (PC-9.3a),
-/// so it misses nothing. A lost stream is reopened after a jittered,
+/// so it misses nothing. On the same node, too, every stream that resumes
+/// rooms takes them along (`rejoin`, PC-9.4d): a session that stayed without
+/// a stream for `endpoint_linger_s` has expired and left its rooms
+/// (PC-9.1a), and a plain resume would be answered `not_joined` and miss
+/// everything after. A lost stream is reopened after a jittered,
 /// growing delay, a refused one after the server's `Retry-After` plus
 /// jitter (PC-2.4c), never at once. Returns when stopped.
 pub async fn run_stream(
@@ -364,8 +398,9 @@ pub async fn run_stream(
         };
         let started = Instant::now();
         ep.set_phase(phase::CONNECTING);
+        let take_along = rejoin || !resume.is_empty();
         let connect =
-            crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, rejoin, source);
+            crate::net::connect_stream(base, *dest, &token, &ep.name, &resume, take_along, source);
         let ws = tokio::select! {
             r = connect => r,
             _ = pool.stop.cancelled() => return,
@@ -375,6 +410,7 @@ pub async fn run_stream(
             Err(e) => {
                 ep.set_phase(phase::WAITING);
                 let failure = connect_failure(&e);
+                ep.set_failure(Some(&failure.code));
                 let wait = if failure.is_refusal() {
                     backoff.after_refusal(failure.retry_after)
                 } else if failure.code == NODE_DOWN {
@@ -403,6 +439,7 @@ pub async fn run_stream(
                 .ok("reconnect", at.elapsed().as_micros() as u64);
         }
         let connected_at = Instant::now();
+        ep.set_failure(None);
         ep.set_phase(phase::OPEN);
         pool.open.fetch_add(1, Ordering::Relaxed);
         last_node = Some(node);
@@ -431,6 +468,7 @@ pub async fn run_stream(
             return;
         };
         pool.recorder.retried("stream", &reason);
+        ep.set_failure(Some(&reason));
         lost_at = Some(Instant::now());
         if connected_at.elapsed() >= STABLE_STREAM {
             backoff.reset();
@@ -738,6 +776,18 @@ fn on_frame(
         "removed" if f.reason != Some("not_joined") => {
             if let Some(room) = f.room.and_then(|r| pool.room_index.get(&r)) {
                 ep.log().rooms.entry(*room).or_default().joined = false;
+            }
+        }
+        // A room of a move's list is the rejoin task's; any other was
+        // taken along and could not be joined again.
+        "removed" => {
+            if let Some(room) = f.room.and_then(|r| pool.room_index.get(&r)) {
+                let mut log = ep.log();
+                if !log.rejoin.contains(room) {
+                    if let Some(v) = log.rooms.get_mut(room) {
+                        v.not_joined = true;
+                    }
+                }
             }
         }
         _ => {}

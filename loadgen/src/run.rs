@@ -529,6 +529,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
     // their seconds as they come.
     let mut outcomes: Vec<Option<ShardOutcome>> = (0..n).map(|_| None).collect();
     let (mut ready, mut ramped, mut done, mut connected) = (0, 0, 0, 0u64);
+    let mut away: BTreeMap<String, u64> = BTreeMap::new();
     let mut window_start = 0.0;
     let mut arrived_at_start = 0;
     let mut stopped = false;
@@ -572,9 +573,13 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
             Event::Ramped {
                 connected: c,
                 arrived,
+                away: a,
             } => {
                 ramped += 1;
                 connected += c;
+                for (why, k) in a {
+                    *away.entry(why).or_insert(0) += k;
+                }
                 arrived_at_start += arrived;
                 if ramped == n {
                     // goose needs a moment to start its users; operations
@@ -650,10 +655,23 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
     let correctness = crate::check::check(&acks, &endpoints, &workload);
     let wanted = workload.endpoints();
     let mut limits = Vec::new();
-    if connected < wanted && !interrupt.is_cancelled() {
+    // Endpoints without their stream when the steady state began, by what
+    // their last attempt met. A host limit makes the step unmeasurable; a
+    // refusal or a timeout is the server's answer, and the endpoints still
+    // away at the end are among the step's errors.
+    let host_limited: u64 = away
+        .iter()
+        .filter(|(why, _)| is_host_limit(why))
+        .map(|(_, k)| k)
+        .sum();
+    if connected < wanted && host_limited > 0 && !interrupt.is_cancelled() {
         limits.push(format!(
-            "only {connected} of {wanted} endpoints were connected when the steady state began \
-             (see the retried connects: fd_limit or ports_exhausted name a host limit)"
+            "only {connected} of {wanted} endpoints were connected when the steady state began; \
+             {host_limited} of the others last met a host limit ({})",
+            away.iter()
+                .map(|(why, k)| format!("{why} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     // Connection attempts that hit a host limit are retried, so they are
@@ -662,7 +680,7 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         .errors
         .keys()
         .chain(figures.retried.keys())
-        .any(|k| k.ends_with("fd_limit") || k.ends_with("ports_exhausted"))
+        .any(|k| is_host_limit(k))
     {
         limits.push("the load generator ran out of file descriptors or ports".into());
     }
@@ -690,6 +708,12 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         host_cpu_saturated_pct: None,
     };
     Ok((step, lag, limits))
+}
+
+/// Whether a failure code (or an error or retry key ending in one) names
+/// a limit of the load generator's host rather than the server's answer.
+fn is_host_limit(code: &str) -> bool {
+    code.ends_with("fd_limit") || code.ends_with("ports_exhausted")
 }
 
 /// Samples CPU and RSS every second, on the seconds of the epoch (as the

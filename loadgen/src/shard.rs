@@ -15,7 +15,7 @@
 //! stdin, [`Event`]s on its stdout. A step that fits in one process runs its
 //! single shard as a task of the parent through the same channels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,8 +135,14 @@ pub enum Event {
     },
     /// Every arrival is done (or its deadline passed); `connected` of the
     /// shard's endpoints had their stream open and `arrived` of its users
-    /// had joined all their rooms.
-    Ramped { connected: u64, arrived: u64 },
+    /// had joined all their rooms. `away` counts the others by
+    /// [`Endpoint::absence_detail`].
+    Ramped {
+        connected: u64,
+        arrived: u64,
+        #[serde(default)]
+        away: BTreeMap<String, u64>,
+    },
     /// The schedule is done; deliveries are draining.
     Draining,
     /// The shard's results; its last event.
@@ -422,14 +428,18 @@ async fn run(
             _ = tokio::time::sleep_until(ramp_deadline.into()) => break,
         }
     }
-    let connected = endpoints
-        .iter()
-        .flatten()
-        .filter(|e| e.is_connected())
-        .count() as u64;
+    let (mut connected, mut away) = (0, BTreeMap::new());
+    for ep in endpoints.iter().flatten() {
+        if ep.is_connected() {
+            connected += 1;
+        } else {
+            *away.entry(ep.absence_detail()).or_insert(0) += 1;
+        }
+    }
     let _ = events.send(Event::Ramped {
         connected,
         arrived: arrived.load(Ordering::Relaxed),
+        away,
     });
 
     // Steady state under goose, then a grace period for deliveries.
@@ -484,8 +494,9 @@ async fn run(
             recorder.succeeded("stream");
         } else {
             // Down, and why: still connecting, waiting to try again, or
-            // open without its `ready` frame.
-            recorder.failed("stream", &format!("down:{}", ep.absence()));
+            // open without its `ready` frame; and what the last attempt
+            // met (a refusal, a timeout, a host limit).
+            recorder.failed("stream", &format!("down:{}", ep.absence_detail()));
         }
     }
     recorder.set_window(false);

@@ -915,6 +915,7 @@ impl Hub {
             st.expired = true;
             std::mem::take(&mut st.rooms)
         };
+        self.metrics.sessions_expired.inc();
         {
             let mut sessions = self.sessions.lock().expect("sessions lock poisoned");
             let key = (session.user, session.endpoint.clone());

@@ -34,6 +34,9 @@ pub struct Metrics {
     registry: Registry,
     pub connections: Gauge,
     pub sessions: Gauge,
+    /// Sessions that lingered without a stream until they expired and left
+    /// their rooms (PC-9.1a).
+    pub sessions_expired: Counter,
     pub participants: Gauge,
     pub rooms: Gauge,
     pub users: Gauge,
@@ -71,6 +74,7 @@ impl Metrics {
         let m = Metrics {
             connections: Gauge::default(),
             sessions: Gauge::default(),
+            sessions_expired: Counter::default(),
             participants: Gauge::default(),
             rooms: Gauge::default(),
             users: Gauge::default(),
@@ -101,6 +105,11 @@ impl Metrics {
             "endpoint_sessions",
             "Endpoint sessions alive (connected or lingering)",
             m.sessions.clone(),
+        );
+        registry.register(
+            "endpoint_sessions_expired",
+            "Endpoint sessions that lingered without a stream until they expired and left their rooms",
+            m.sessions_expired.clone(),
         );
         registry.register(
             "room_participants",

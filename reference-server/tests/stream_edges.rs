@@ -1,7 +1,9 @@
-//! Stream edge cases found by the conformance suite: a join before the
-//! stream connects (PC-9.3b), an oversized client frame (PC-9.6b), a slow
-//! consumer's Close kept for it while it does not read (PC-9.6c), the
-//! closing handshake (PC-9.7a), and syntax checked before fields (PC-3.2a).
+//! Stream edge cases, most found by the conformance suite: a join before
+//! the stream connects (PC-9.3b), a session that expired while its client
+//! was away (PC-9.1a, PC-9.4d; found by a knee run), an oversized client
+//! frame (PC-9.6b), a slow consumer's Close kept for it while it does not
+//! read (PC-9.6c), the closing handshake (PC-9.7a), and syntax checked
+//! before fields (PC-3.2a).
 
 mod support;
 
@@ -44,6 +46,62 @@ async fn a_message_posted_between_a_join_and_the_first_stream_is_delivered() {
         got,
         vec![(2, "between".to_string()), (3, "after".to_string())]
     );
+}
+
+/// A session joined without a stream lives for `endpoint_linger_s`
+/// (PC-9.1a); expired, it has left its rooms, so a plain resume gets
+/// `not_joined` (PC-9.4b) and the operator's metric counts it. The client
+/// that comes back takes its rooms along with `rejoin` (PC-9.4d) and is
+/// replayed everything after its entry.
+#[tokio::test]
+async fn an_expired_session_is_counted_and_a_rejoining_stream_misses_nothing() {
+    let server = TestServer::start_with(&[("PCHAT_STREAM__ENDPOINT_LINGER_S", "1")]).await;
+    let (users, room) = server.lobby(&["alice", "bob"]).await;
+    let joined = users[1].join(room, "phone", None).await.unwrap();
+    assert_eq!(joined.last_seq, 0);
+    let expired = "pchat_endpoint_sessions_expired_total";
+    assert_eq!(metric(&server, expired).await, 0.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, expired).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for text in ["one", "two"] {
+        users[0].post_message(room, &post(text)).await.unwrap();
+    }
+    // Resumed without rejoin: the room is no longer joined.
+    let mut stream = users[1].stream("phone", &[(room, 0)]).await.unwrap();
+    match next_event(&mut stream, 5).await {
+        StreamItem::Event(Event::Ready { rooms, .. }) => assert!(rooms.is_empty(), "{rooms:?}"),
+        other => panic!("{other:?}"),
+    }
+    match next_event(&mut stream, 5).await {
+        StreamItem::Event(Event::Removed { room: r, .. }) => assert_eq!(r, room),
+        other => panic!("{other:?}"),
+    }
+    drop(stream);
+    // Rejoined: both messages, in order, then live.
+    let mut stream = users[1]
+        .stream_rejoining("phone", &[(room, 0)])
+        .await
+        .unwrap();
+    match next_event(&mut stream, 5).await {
+        StreamItem::Event(Event::Ready { rooms, .. }) => {
+            assert_eq!(rooms.iter().map(|r| r.room).collect::<Vec<_>>(), [room]);
+        }
+        other => panic!("{other:?}"),
+    }
+    users[0].post_message(room, &post("three")).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let StreamItem::Event(Event::Message(m)) = next_event(&mut stream, 5).await {
+            got.push(m.seq);
+        }
+    }
+    assert_eq!(got, [1, 2, 3]);
 }
 
 #[tokio::test]

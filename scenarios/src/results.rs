@@ -93,7 +93,9 @@ pub struct Step {
     /// `<operation>:<code>` (protocol error codes, or `timeout`, `io`,
     /// `http:<status>`; `stream:down:<why>` is an endpoint without its stream
     /// at the window's end: `connecting`, `waiting` to try again, or
-    /// `unready`, open without its `ready` frame). The error objective is judged on these.
+    /// `unready`, open without its `ready` frame, followed by what its last
+    /// attempt met when one failed, as in `stream:down:waiting:busy` or
+    /// `stream:down:waiting:closed:4008`). The error objective is judged on these.
     pub errors: BTreeMap<String, u64>,
     /// Failed attempts that clients retried, as `<operation>:<reason>`, not
     /// counted as errors (a retry that finally failed is one error above):

@@ -32,6 +32,9 @@
 //! # stream_workers = 2     #   worker processes holding each node's stream
 //!                          #   sockets (0: the node holds them); one process
 //!                          #   holds only as many as its open-file limit
+//! # max_connections = 60000 #  streams each node admits at once (the
+//!                          #   server's limits.max_connections; unset: its
+//!                          #   default, 50,000); beyond it, 503 busy
 //!
 //! # [fault]                # optional, enterprise only: at steady state ...
 //! # kind = "kill-node"     # ... kill -9 one node (its clients move), or
@@ -149,6 +152,9 @@ pub struct Topology {
     /// Stream worker processes per node (reference-server
     /// `stream.workers`; 0: the node process holds its sockets).
     pub stream_workers: usize,
+    /// Streams each node admits at once (reference-server
+    /// `limits.max_connections`); `None`: the server's default.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Topology {
@@ -158,6 +164,7 @@ impl Default for Topology {
             nodes: 1,
             compliance: false,
             stream_workers: 0,
+            max_connections: None,
         }
     }
 }
@@ -387,6 +394,7 @@ struct RawTopology {
     nodes: Option<Spanned<u64>>,
     compliance: Option<bool>,
     stream_workers: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -601,11 +609,30 @@ impl RawScenario {
             }
             Some(w) => *w.get_ref() as usize,
         };
+        let max_connections = match &self.topology.max_connections {
+            None => None,
+            Some(m) if kind == TopologyKind::External => {
+                return Err(c.bad(
+                    "topology.max_connections",
+                    m,
+                    "an \"external\" server is configured by its operator, not by the scenario",
+                ))
+            }
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(c.bad(
+                    "topology.max_connections",
+                    m,
+                    "a node admits at least one stream",
+                ))
+            }
+            Some(m) => Some(*m.get_ref() as usize),
+        };
         let topology = Topology {
             kind,
             nodes,
             compliance: self.topology.compliance.unwrap_or(false),
             stream_workers,
+            max_connections,
         };
         let fault = match &self.fault {
             None => None,
@@ -1057,6 +1084,16 @@ max_error_pct = 0
         );
         let e = error(&format!("{GOOD}\n[topology]\nnodes = 2\n"));
         assert!(e.message.contains("only an \"enterprise\""), "{e}");
+        let e = error(&format!("{GOOD}\n[topology]\nmax_connections = 0\n"));
+        insta::assert_snapshot!(e, @"mine.toml:9:1: topology.max_connections: a node admits at least one stream");
+        let e = error(&format!(
+            "{GOOD}\n[topology]\nkind = \"external\"\nmax_connections = 9\n"
+        ));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (10, Some("topology.max_connections")),
+            "{e}"
+        );
         let e = error(&format!("{GOOD}\n[topology]\nstream_workers = 17\n"));
         insta::assert_snapshot!(e, @"mine.toml:9:1: topology.stream_workers: at most 16 per node");
         let e = error(&format!(

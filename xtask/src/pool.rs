@@ -38,6 +38,9 @@ pub struct PoolOptions {
     pub no_restart: bool,
     /// Stream worker processes per node (`stream.workers`).
     pub stream_workers: usize,
+    /// Streams each node admits (`limits.max_connections`); `None`: the
+    /// server's default.
+    pub max_connections: Option<usize>,
 }
 
 pub struct PoolProcess {
@@ -71,6 +74,9 @@ impl PoolProcess {
             .env("PCHAT_STREAM__WORKERS", opts.stream_workers.to_string())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        if let Some(m) = opts.max_connections {
+            cmd.env("PCHAT_LIMITS__MAX_CONNECTIONS", m.to_string());
+        }
         if opts.compliance {
             cmd.arg("--compliance");
         }

@@ -67,14 +67,14 @@ impl ServerProcess {
     }
 
     /// The debug build of the server (tests: `cargo test --workspace` has
-    /// built it already).
+    /// built it already), with extra `PCHAT_*` settings.
     #[cfg(test)]
-    pub fn start_debug() -> anyhow::Result<ServerProcess> {
+    pub fn start_debug_with(env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let bin = target_dir().join("debug").join("reference-server");
         if !bin.exists() {
             cargo_build(&["-p", "reference-server"])?;
         }
-        ServerProcess::spawn(&bin, &[], Stdio::inherit())
+        ServerProcess::spawn(&bin, env, Stdio::inherit())
     }
 
     /// The debug build of this task binary, built first so that it is the

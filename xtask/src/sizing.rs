@@ -201,6 +201,7 @@ fn run_scenario(
                     Some(FaultKind::KillNode { .. })
                 ),
                 stream_workers: scenario.topology.stream_workers,
+                max_connections: scenario.topology.max_connections,
             };
             let pool = crate::pool::PoolProcess::start(&binary, &opts, log)?;
             let t = Target {
@@ -213,7 +214,7 @@ fn run_scenario(
                 label: format!(
                     "reference server pool: {} node(s) on PostgreSQL{}{}{}, release build",
                     scenario.topology.nodes,
-                    workers_label(scenario.topology.stream_workers),
+                    nodes_label(&scenario.topology),
                     if opts.compliance {
                         ", compliance on"
                     } else {
@@ -232,8 +233,12 @@ fn run_scenario(
         (None, TopologyKind::Standard) => {
             let log = std::fs::File::create(dir.join("server.log"))?;
             let workers = scenario.topology.stream_workers.to_string();
-            let server =
-                ServerProcess::start_release_logged(&[("PCHAT_STREAM__WORKERS", &workers)], log)?;
+            let max_connections = scenario.topology.max_connections.map(|m| m.to_string());
+            let mut env = vec![("PCHAT_STREAM__WORKERS", workers.as_str())];
+            if let Some(m) = &max_connections {
+                env.push(("PCHAT_LIMITS__MAX_CONNECTIONS", m));
+            }
+            let server = ServerProcess::start_release_logged(&env, log)?;
             let t = Target {
                 base: server.base.clone(),
                 nodes: Vec::new(),
@@ -243,7 +248,7 @@ fn run_scenario(
                 stream_processes: scenario.topology.stream_workers.max(1),
                 label: format!(
                     "reference server (one node, embedded SQLite store{}, release build)",
-                    workers_label(scenario.topology.stream_workers)
+                    nodes_label(&scenario.topology)
                 ),
             };
             (Some(server), t)
@@ -418,13 +423,18 @@ fn run_scenario(
     Ok(lines.join("\n"))
 }
 
-/// ", N stream workers" for a target's label ("" for none).
-fn workers_label(n: usize) -> String {
-    match n {
+/// ", N stream workers" and ", max_connections M" for a target's label
+/// ("" for the server's defaults).
+fn nodes_label(t: &scenarios::scenario::Topology) -> String {
+    let mut label = match t.stream_workers {
         0 => String::new(),
         1 => ", 1 stream worker process".into(),
         n => format!(", {n} stream worker processes"),
+    };
+    if let Some(m) = t.max_connections {
+        label.push_str(&format!(", max_connections {m}"));
     }
+    label
 }
 
 /// Keeps each node's `/metrics` as the run left them (admission refusals,
@@ -873,17 +883,30 @@ mod tests {
         generators: Option<usize>,
         shard_command: Option<loadgen::shard::ShardCommand>,
     ) -> scenarios::results::RunResult {
-        short_run_of(generators, shard_command, |_| {}, &|_| true)
+        short_run_of(generators, shard_command, &[], |_| {}, &|_| true)
     }
 
     /// [`short_run`] with the spec edited and the steps judged by `judge`.
     fn short_run_of(
         generators: Option<usize>,
         shard_command: Option<loadgen::shard::ShardCommand>,
+        server_env: &[(&str, &str)],
         edit: impl FnOnce(&mut RunSpec),
         judge: &dyn Fn(&scenarios::results::Step) -> bool,
     ) -> scenarios::results::RunResult {
-        let server = ServerProcess::start_debug().expect("start the reference server");
+        let server =
+            ServerProcess::start_debug_with(server_env).expect("start the reference server");
+        run_against(&server, generators, shard_command, edit, judge)
+    }
+
+    /// The short load against `server`, which the caller may inspect after.
+    fn run_against(
+        server: &ServerProcess,
+        generators: Option<usize>,
+        shard_command: Option<loadgen::shard::ShardCommand>,
+        edit: impl FnOnce(&mut RunSpec),
+        judge: &dyn Fn(&scenarios::results::Step) -> bool,
+    ) -> scenarios::results::RunResult {
         let target = Target {
             base: server.base.clone(),
             nodes: Vec::new(),
@@ -920,7 +943,6 @@ mod tests {
                 &|_| {},
             ))
             .expect("the run");
-        drop(server);
         assert!(result.completed, "{:?}", result.ended_because);
         result
     }
@@ -989,6 +1011,104 @@ mod tests {
         assert_eq!(back.steps[0].correctness.acknowledged, c.acknowledged);
     }
 
+    /// Streams lost and kept away long enough for their sessions to expire
+    /// (PC-9.1a): small queues close them as slow consumers (PC-9.6c), and
+    /// a stream gate of one turn refuses most replays with a Retry-After
+    /// longer than the linger (PC-2.4b). Every endpoint with its stream at
+    /// the end must still have everything it was owed: its reconnect takes
+    /// its rooms along (PC-9.4d) instead of resuming rooms the server has
+    /// left. (A resume without them was answered `not_joined`, and the
+    /// generator counted what followed as lost at a connected endpoint.)
+    #[test]
+    fn endpoints_whose_sessions_expired_while_away_miss_nothing_once_back() {
+        let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let server = ServerProcess::start_debug_with(&[
+            ("PCHAT_STREAM__ENDPOINT_LINGER_S", "1"),
+            ("PCHAT_STREAM__QUEUE_EVENTS", "2"),
+            ("PCHAT_ADMISSION__STREAM__CONCURRENCY", "1"),
+            ("PCHAT_ADMISSION__STREAM__QUEUE", "0"),
+            ("PCHAT_ADMISSION__RETRY_AFTER_MIN_MS", "1500"),
+            ("PCHAT_ADMISSION__RETRY_AFTER_MAX_MS", "2000"),
+        ])
+        .expect("start the reference server");
+        let result = run_against(&server, None, None, |_| {}, &|_| true);
+        let metrics = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async {
+                reqwest::get(format!("{}/metrics", server.base))
+                    .await?
+                    .text()
+                    .await
+            })
+            .expect("the server's metrics");
+        let counter = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(0.0, |v| v.trim().parse().expect("a number"))
+        };
+        let step = &result.steps[0];
+        let lost_streams: u64 = step
+            .retried
+            .iter()
+            .filter(|(k, _)| k.starts_with("stream:"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(lost_streams > 0, "no stream was lost: {:?}", step.retried);
+        assert!(
+            counter("pchat_endpoint_sessions_expired_total") > 0.0,
+            "no session expired: {:?}",
+            step.retried
+        );
+        let c = &step.correctness;
+        assert!(c.expected_deliveries > 0 && c.delivered > 0, "{c:?}");
+        assert_eq!(
+            c.lost - c.lost_while_away,
+            0,
+            "lost at endpoints with their stream: {:?}",
+            c.witnesses
+        );
+        assert_eq!(
+            (
+                c.duplicated,
+                c.reordered,
+                c.sequence_gaps,
+                c.conflicting_acks
+            ),
+            (0, 0, 0, 0),
+            "{c:?}"
+        );
+    }
+
+    /// A server that admits fewer streams than the step has endpoints
+    /// (`max_connections`) refuses the rest with 503 busy: that is the
+    /// server's answer, judged as errors that name it, not a limit of the
+    /// generator's host that would make the step unmeasurable.
+    #[test]
+    fn streams_the_server_refuses_are_its_errors_not_a_host_limit() {
+        let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let result = short_run_of(
+            None,
+            None,
+            &[("PCHAT_LIMITS__MAX_CONNECTIONS", "440")],
+            |_| {},
+            &|_| true,
+        );
+        assert!(result.limits_hit.is_empty(), "{:?}", result.limits_hit);
+        assert_eq!(verdict::invalid_because(&result), None);
+        let step = &result.steps[0];
+        assert_eq!(step.endpoints, 450);
+        let refused: u64 = step
+            .errors
+            .iter()
+            .filter(|(k, _)| k.starts_with("stream:down:") && k.ends_with(":busy"))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(refused, 10, "{:?}", step.errors);
+        let c = &step.correctness;
+        assert_eq!(c.lost, c.lost_while_away, "{:?}", c.witnesses);
+    }
+
     /// A knee search with refinement, on a real server, its steps judged by
     /// their size alone (holding up to 35 users) so that the test pins the
     /// search, not the host: the ramp's one step (60 users) breaks, then the
@@ -1000,6 +1120,7 @@ mod tests {
         let result = short_run_of(
             None,
             None,
+            &[],
             |spec| {
                 spec.steps = vec![StepSpec {
                     users: 60,
