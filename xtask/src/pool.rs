@@ -36,11 +36,9 @@ pub struct PoolOptions {
     pub backup: bool,
     /// Leave a killed node down (node-loss studies).
     pub no_restart: bool,
-    /// Stream worker processes per node (`stream.workers`).
-    pub stream_workers: usize,
-    /// Streams each node admits (`limits.max_connections`); `None`: the
-    /// server's default.
-    pub max_connections: Option<usize>,
+    /// Each node's `PCHAT_*` settings (stream workers, max connections:
+    /// `sizing::node_env`).
+    pub node_env: Vec<(&'static str, String)>,
 }
 
 pub struct PoolProcess {
@@ -71,12 +69,9 @@ impl PoolProcess {
             .arg("--ready-file")
             .arg(&ready_file)
             .env("PCHAT_LOG__FILTER", "warn")
-            .env("PCHAT_STREAM__WORKERS", opts.stream_workers.to_string())
+            .envs(opts.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
-        if let Some(m) = opts.max_connections {
-            cmd.env("PCHAT_LIMITS__MAX_CONNECTIONS", m.to_string());
-        }
         if opts.compliance {
             cmd.arg("--compliance");
         }

@@ -200,8 +200,7 @@ fn run_scenario(
                     scenario.fault.map(|f| f.kind),
                     Some(FaultKind::KillNode { .. })
                 ),
-                stream_workers: scenario.topology.stream_workers,
-                max_connections: scenario.topology.max_connections,
+                node_env: node_env(&scenario.topology),
             };
             let pool = crate::pool::PoolProcess::start(&binary, &opts, log)?;
             let t = Target {
@@ -232,12 +231,8 @@ fn run_scenario(
         }
         (None, TopologyKind::Standard) => {
             let log = std::fs::File::create(dir.join("server.log"))?;
-            let workers = scenario.topology.stream_workers.to_string();
-            let max_connections = scenario.topology.max_connections.map(|m| m.to_string());
-            let mut env = vec![("PCHAT_STREAM__WORKERS", workers.as_str())];
-            if let Some(m) = &max_connections {
-                env.push(("PCHAT_LIMITS__MAX_CONNECTIONS", m));
-            }
+            let env = node_env(&scenario.topology);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let server = ServerProcess::start_release_logged(&env, log)?;
             let t = Target {
                 base: server.base.clone(),
@@ -421,6 +416,16 @@ fn run_scenario(
         lines.push(format!("  knee: {}", k.text));
     }
     Ok(lines.join("\n"))
+}
+
+/// The `PCHAT_*` settings a scenario's topology gives each node the run
+/// starts, alone or in a pool.
+fn node_env(t: &scenarios::scenario::Topology) -> Vec<(&'static str, String)> {
+    let mut env = vec![("PCHAT_STREAM__WORKERS", t.stream_workers.to_string())];
+    if let Some(m) = t.max_connections {
+        env.push(("PCHAT_LIMITS__MAX_CONNECTIONS", m.to_string()));
+    }
+    env
 }
 
 /// ", N stream workers" and ", max_connections M" for a target's label
