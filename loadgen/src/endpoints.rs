@@ -704,6 +704,7 @@ fn on_frame(
         pool.recorder.failed("stream", "bad_frame");
         return;
     };
+    pool.recorder.tally(received_tally(f.kind));
     match f.kind {
         "ready" => {
             // The rooms this stream took along are joined again; the rest
@@ -791,6 +792,24 @@ fn on_frame(
             }
         }
         _ => {}
+    }
+}
+
+/// The tally that counts a received frame of event type `kind`
+/// (`Step::events_received`); a type this generator does not know counts
+/// as `other`.
+fn received_tally(kind: &str) -> &'static str {
+    match kind {
+        "ready" => "received:ready",
+        "message" => "received:message",
+        "participant_joined" => "received:participant_joined",
+        "participant_left" => "received:participant_left",
+        "presence" => "received:presence",
+        "invitation" => "received:invitation",
+        "removed" => "received:removed",
+        "room_updated" => "received:room_updated",
+        "message_replaced" => "received:message_replaced",
+        _ => "received:other",
     }
 }
 

@@ -694,11 +694,8 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         operations: figures.operations,
         errors: figures.errors,
         retried: figures.retried,
-        posts_by_class: figures
-            .tallies
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("posted:")?.to_owned(), *v)))
-            .collect(),
+        posts_by_class: tallied(&figures.tallies, "posted:"),
+        events_received: tallied(&figures.tallies, "received:"),
         arrived_users: Some(arrived_at_start),
         correctness,
         server_cpu_mean_pct: 0.0,
@@ -708,6 +705,14 @@ async fn run_step(cx: StepCtx<'_>) -> anyhow::Result<(Step, u64, Vec<String>)> {
         host_cpu_saturated_pct: None,
     };
     Ok((step, lag, limits))
+}
+
+/// The tallies whose key starts with `prefix`, by the rest of the key.
+fn tallied(tallies: &BTreeMap<String, u64>, prefix: &str) -> BTreeMap<String, u64> {
+    tallies
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), *v)))
+        .collect()
 }
 
 /// Whether a failure code (or an error or retry key ending in one) names

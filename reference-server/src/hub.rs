@@ -122,31 +122,42 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Queues an item for the connection. A message may take the direct
-    /// route instead; anything else, or a message that cannot, goes on the
-    /// queue and ends the direct route until the task has caught up.
+    /// Queues an item for the connection. A message or another event may
+    /// take the direct route instead; a join or leave, or an item that
+    /// cannot, goes on the queue and ends the direct route until the task
+    /// has caught up.
     fn push(&self, item: Outbound) -> Result<Route, mpsc::error::TrySendError<Outbound>> {
         let Some(direct) = &self.direct else {
             return self.tx.try_send(item).map(|()| Route::Queued);
         };
         let mut st = direct.lock();
         if st.parked {
-            if let Outbound::Message { room, seq, frame } = &item {
-                if let Some(sent) = st.sent.as_mut() {
-                    // What the task would do with it (`http::stream`): drop
-                    // it when the endpoint is not in the room or has it
-                    // already, send it when it is the next one.
-                    match sent.get(room).copied() {
-                        None => return Ok(Route::Dropped),
-                        Some(done) if *seq <= done => return Ok(Route::Dropped),
-                        Some(done) if *seq == done + 1 && direct.send.try_send_text(frame) => {
-                            sent.insert(*room, *seq);
-                            return Ok(Route::Direct);
+            match &item {
+                Outbound::Message { room, seq, frame } => {
+                    if let Some(sent) = st.sent.as_mut() {
+                        // What the task would do with it (`http::stream`):
+                        // drop it when the endpoint is not in the room or
+                        // has it already, send it when it is the next one.
+                        match sent.get(room).copied() {
+                            None => return Ok(Route::Dropped),
+                            Some(done) if *seq <= done => return Ok(Route::Dropped),
+                            Some(done) if *seq == done + 1 && direct.send.try_send_text(frame) => {
+                                sent.insert(*room, *seq);
+                                return Ok(Route::Direct);
+                            }
+                            // A gap to fill from the store, or no credit left.
+                            Some(_) => {}
                         }
-                        // A gap to fill from the store, or no credit left.
-                        Some(_) => {}
                     }
                 }
+                // The task would only send it (presence, participant
+                // changes): it neither reads nor moves the record.
+                Outbound::Frame(frame) => {
+                    if direct.send.try_send_text(frame) {
+                        return Ok(Route::Direct);
+                    }
+                }
+                Outbound::Joined { .. } | Outbound::Left { .. } => {}
             }
             st.parked = false;
         }
@@ -172,8 +183,10 @@ enum Route {
 /// *parks* here what it last sent per joined room; a message that is the
 /// next one of its room then goes from the publishing hub straight to the
 /// stream worker (one credit, as the task would take), and the record moves
-/// on. Anything else (another event, a gap, a missing credit) ends the
-/// parking and goes on the queue behind everything sent so far; the task
+/// on. Another event (presence, a participant change) goes straight there
+/// too and leaves the record as it is. Anything else (a join or leave, a
+/// gap, a missing credit) ends the parking and goes on the queue behind
+/// everything sent so far; the task
 /// takes its record back before it handles the item, and parks again when
 /// its queue is empty. Each message is sent once and in order either way:
 /// both routes decide under this lock, and the task sends nothing while
@@ -1264,4 +1277,91 @@ pub type Frame = axum::extract::ws::Utf8Bytes;
 pub fn to_frame(event: &Event) -> Frame {
     // Serialising these plain structs cannot fail.
     Frame::from(serde_json::to_string(event).expect("events serialise"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> Frame {
+        Frame::from(s.to_owned())
+    }
+
+    fn queued(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            texts.push(match item {
+                Outbound::Message { frame, .. } | Outbound::Frame(frame) => frame.to_string(),
+                Outbound::Joined { room, .. } => format!("joined {}", room.0),
+                Outbound::Left { room, .. } => format!("left {}", room.0),
+            });
+        }
+        texts
+    }
+
+    /// While the task is parked, the next message of a room and any other
+    /// event go straight to the worker, each for a credit. The first item
+    /// that cannot (no credit left) goes on the queue and ends the parking,
+    /// so nothing after it overtakes it, even once a credit is back.
+    #[test]
+    fn the_direct_route_carries_events_until_one_must_wait_and_then_nothing_overtakes_it() {
+        let (send, credits, sent) = crate::relay::DirectSend::for_test(2);
+        let direct = Arc::new(Direct::new(send));
+        let (tx, mut rx) = mpsc::channel(16);
+        let conn = Conn {
+            id: 1,
+            tx,
+            close: Arc::default(),
+            direct: Some(direct.clone()),
+        };
+        let room = RoomId(7);
+        let mut record = HashMap::from([(room, 0)]);
+        direct.park(&mut record, || rx.is_empty());
+
+        let message = |seq: u64| Outbound::Message {
+            room,
+            seq,
+            frame: frame(&format!("m{seq}")),
+        };
+        assert_eq!(
+            conn.push(Outbound::Frame(frame("p1"))).unwrap(),
+            Route::Direct
+        );
+        assert_eq!(conn.push(message(1)).unwrap(), Route::Direct);
+        // Both credits taken: the next event waits on the queue.
+        assert_eq!(
+            conn.push(Outbound::Frame(frame("p2"))).unwrap(),
+            Route::Queued
+        );
+        credits.add_permits(4);
+        // A credit is back, but the task has not caught up: behind p2.
+        assert_eq!(
+            conn.push(Outbound::Frame(frame("p3"))).unwrap(),
+            Route::Queued
+        );
+        assert_eq!(conn.push(message(2)).unwrap(), Route::Queued);
+        assert_eq!(sent(), ["p1", "m1"]);
+        assert_eq!(queued(&mut rx), ["p2", "p3", "m2"]);
+
+        // The task takes its record back (message 1 sent) and parks again.
+        direct.unpark(&mut record);
+        assert_eq!(record[&room], 1);
+        direct.park(&mut record, || rx.is_empty());
+        assert_eq!(
+            conn.push(Outbound::Frame(frame("p4"))).unwrap(),
+            Route::Direct
+        );
+        // A join is the task's to record: it ends the parking too.
+        let joined = Outbound::Joined {
+            room: RoomId(8),
+            upto: 0,
+        };
+        assert_eq!(conn.push(joined).unwrap(), Route::Queued);
+        assert_eq!(
+            conn.push(Outbound::Frame(frame("p5"))).unwrap(),
+            Route::Queued
+        );
+        assert_eq!(sent(), ["p4"]);
+        assert_eq!(queued(&mut rx), ["joined 8", "p5"]);
+    }
 }

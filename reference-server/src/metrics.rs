@@ -45,8 +45,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Streams whose socket was handed to a stream worker.
     pub streams_relayed: Counter,
-    /// Messages the hub sent straight to a stream worker, around the
-    /// connection's task (`hub::Direct`).
+    /// Messages and other events the hub sent straight to a stream worker,
+    /// around the connection's task (`hub::Direct`).
     pub direct_deliveries: Counter,
     pub heartbeat_timeouts: Counter,
     pub rate_limited: Counter,
@@ -136,7 +136,7 @@ impl Metrics {
         );
         registry.register(
             "direct_deliveries",
-            "Messages sent straight to a stream worker, around the connection's task",
+            "Events sent straight to a stream worker, around the connection's task",
             m.direct_deliveries.clone(),
         );
         registry.register(

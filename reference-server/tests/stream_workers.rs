@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use pchat_protocol::client::StreamItem;
-use pchat_protocol::Event;
+use pchat_protocol::{Event, PresenceState};
 use support::*;
 
 fn children_of(pid: u32) -> Vec<u32> {
@@ -145,10 +145,11 @@ async fn workers_leave_with_their_node() {
     );
 }
 
-/// On a relayed stream, messages take the hub's direct route while the
-/// connection's task is idle, and go through the task when other events,
-/// joins or gaps come between them (`hub::Direct`). However the two
-/// interleave, every message arrives once and in order.
+/// On a relayed stream, messages and other events take the hub's direct
+/// route while the connection's task is idle, and go through the task when
+/// joins, gaps or a missing credit come between them (`hub::Direct`).
+/// However the two interleave, every message arrives once and in order, and
+/// so does every presence change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_between_other_events_arrive_once_and_in_order() {
     let server = TestServer::start_with(&[
@@ -171,6 +172,7 @@ async fn messages_between_other_events_arrive_once_and_in_order() {
         reader.join(room, "desk", None).await.unwrap();
     }
     const EACH: usize = 150;
+    const PRESENCE_CHANGES: usize = 60;
     let mut tasks = Vec::new();
     for (poster, room) in [(&users[1], lobby), (&users[2], side), (&users[1], side)] {
         let poster = poster.clone();
@@ -183,11 +185,20 @@ async fn messages_between_other_events_arrive_once_and_in_order() {
             }
         }));
     }
-    // Presence events for the reader between the messages, and a room
-    // joined in the middle (its messages start at the join point).
+    // Presence events for the reader between the messages (bob's changes
+    // reach the rooms his endpoint is in: he joins the lobby, and his
+    // stream is drained meanwhile), and a room joined in the middle (its
+    // messages start at the join point).
+    let mut bobs_stream = users[1].stream("phone", &[]).await.unwrap();
+    ready(&mut bobs_stream).await;
+    users[1].join(lobby, "phone", None).await.unwrap();
+    let drain =
+        tokio::spawn(
+            async move { while let Ok(StreamItem::Event(_)) = bobs_stream.next().await {} },
+        );
     let bob = users[1].clone();
     tasks.push(tokio::spawn(async move {
-        for i in 0..60 {
+        for i in 0..PRESENCE_CHANGES {
             let state = if i % 2 == 0 { "busy" } else { "available" };
             bob.call::<serde_json::Value>(
                 reqwest::Method::PUT,
@@ -216,12 +227,14 @@ async fn messages_between_other_events_arrive_once_and_in_order() {
     let late_last = last(late).await.messages[0].seq;
     let mut want: HashMap<u64, u64> = [(lobby, EACH as u64), (side, 2 * EACH as u64)].into();
     let mut got: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut bobs_presence = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let done = want
             .iter()
             .all(|(r, n)| got.get(r).and_then(|v| v.last()) == Some(n))
-            && got.get(&late).and_then(|v| v.last()) == Some(&late_last);
+            && got.get(&late).and_then(|v| v.last()) == Some(&late_last)
+            && bobs_presence.len() >= PRESENCE_CHANGES;
         if done {
             break;
         }
@@ -230,8 +243,13 @@ async fn messages_between_other_events_arrive_once_and_in_order() {
             Ok(Ok(StreamItem::Event(Event::Message(m)))) => {
                 got.entry(m.room).or_default().push(m.seq)
             }
+            Ok(Ok(StreamItem::Event(Event::Presence { user, state }))) if user == "bob" => {
+                bobs_presence.push(state)
+            }
             Ok(Ok(StreamItem::Event(_))) => {}
-            other => panic!("stream ended or stalled: {other:?}; got {got:?}"),
+            other => panic!(
+                "stream ended or stalled: {other:?}; got {got:?}, bob's presence {bobs_presence:?}"
+            ),
         }
     }
     want.insert(late, late_last);
@@ -247,6 +265,19 @@ async fn messages_between_other_events_arrive_once_and_in_order() {
             assert_eq!(first, 1, "room {room} starts at its first message");
         }
     }
-    // The direct route carried messages (the queue carried the rest).
+    drain.abort();
+    // Every change once, in the order bob made them (none repeats the one
+    // before it, so none is left out as unchanged).
+    let expected: Vec<PresenceState> = (0..PRESENCE_CHANGES)
+        .map(|i| {
+            if i % 2 == 0 {
+                PresenceState::Busy
+            } else {
+                PresenceState::Available
+            }
+        })
+        .collect();
+    assert_eq!(bobs_presence, expected, "bob's presence changes");
+    // The direct route carried events (the queue carried the rest).
     assert!(metric(&server, "pchat_direct_deliveries_total").await > 0.0);
 }

@@ -316,6 +316,25 @@ fn steps(h: &mut String, r: &RunResult) {
     }
     h.push_str("</tbody>\n</table>\n");
 
+    if r.steps.iter().any(|s| !s.events_received.is_empty()) {
+        h.push_str("<h3>Events received</h3>\n");
+        let _ = writeln!(
+            h,
+            "<p>What this counts: {}.</p>",
+            escape(figures::EVENTS_MEANING)
+        );
+        h.push_str("<ul>\n");
+        for s in r.steps.iter().filter(|s| !s.events_received.is_empty()) {
+            let _ = writeln!(
+                h,
+                "<li>{}: {}</li>",
+                escape(&figures::users(s.users)),
+                escape(&figures::events_by_type(s))
+            );
+        }
+        h.push_str("</ul>\n");
+    }
+
     h.push_str("<h3>Errors by code</h3>\n");
     if r.steps.iter().all(|s| s.errors.is_empty()) {
         h.push_str("<p>No operation failed in any step's window.</p>\n");

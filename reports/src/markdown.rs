@@ -63,6 +63,23 @@ pub fn render(input: &ReportInput, charts: &RenderedCharts) -> String {
     step_table(&mut md, r);
     w!();
     latency_table(&mut md, r);
+    let with_events: Vec<_> = r
+        .steps
+        .iter()
+        .filter(|s| !s.events_received.is_empty())
+        .collect();
+    if !with_events.is_empty() {
+        w!();
+        w!("Events received ({}):", inline(figures::EVENTS_MEANING));
+        w!();
+        for s in with_events {
+            w!(
+                "- {}: {}",
+                figures::users(s.users),
+                inline(&figures::events_by_type(s))
+            );
+        }
+    }
     let with_errors: Vec<_> = r.steps.iter().filter(|s| !s.errors.is_empty()).collect();
     if !with_errors.is_empty() {
         w!();

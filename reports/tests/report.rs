@@ -187,6 +187,7 @@ fn html_is_self_contained_and_shows_the_verdicts() {
         "room 17: endpoint 4411 received seq 9002 before seq 9001",
         "largest schedule lag",
         "Synthetic test data, not a measurement.",
+        "<h3>Events received</h3>",
     ] {
         assert!(html.contains(text), "report.html lacks {text:?}");
     }

@@ -112,6 +112,12 @@ pub struct Step {
     /// existed.
     #[serde(default)]
     pub posts_by_class: BTreeMap<String, u64>,
+    /// Event frames the load generator's streams received in the window,
+    /// by event type (`message`, `presence`, `participant_joined`, ...):
+    /// everything the server pushed to them, of which `delivery` measures
+    /// the messages. Absent from results written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub events_received: BTreeMap<String, u64>,
     /// Users that had joined all their rooms when the steady window began
     /// (the rest were still joining: the step did not carry its users).
     /// Absent from results written before it existed.

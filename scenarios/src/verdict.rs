@@ -471,6 +471,7 @@ mod tests {
             errors: Default::default(),
             retried: Default::default(),
             posts_by_class: Default::default(),
+            events_received: Default::default(),
             arrived_users: Some(users),
             correctness: Correctness {
                 acknowledged: 100,

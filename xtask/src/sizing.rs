@@ -988,10 +988,22 @@ mod tests {
                 step.latencies.keys()
             );
         }
+        // Every frame the streams took is counted by type: the messages
+        // are the deliveries (give or take the window's edges, where a
+        // frame is counted before the window opens and recorded after),
+        // and presence changes reached the users' small rooms.
+        let events = &step.events_received;
+        let delivered = step.latencies["delivery"].count;
+        let messages = events.get("message").copied().unwrap_or(0);
+        assert!(
+            messages.abs_diff(delivered) <= delivered / 100 + 10,
+            "{messages} message frames, {delivered} deliveries: {events:?}"
+        );
+        assert!(events.get("presence").is_some_and(|&n| n > 0), "{events:?}");
+        assert!(!events.contains_key("other"), "{events:?}");
         // Deliveries are also dated at their arrival on the sockets; the
         // host starts stamping a moment after the first socket asks, so
         // the earliest few may lack a stamp, never the most.
-        let delivered = step.latencies["delivery"].count;
         let arrival = &step.latencies[verdict::DELIVERY_ARRIVAL];
         let lag = &step.latencies[verdict::DELIVERY_READ_LAG];
         assert!(

@@ -426,6 +426,39 @@ pub struct DirectSend {
     credits: Arc<Semaphore>,
 }
 
+#[cfg(test)]
+impl DirectSend {
+    /// A channel of a link that no worker reads, with `credits` credits,
+    /// for the hub's tests: `sent` takes the text frames queued on it so
+    /// far, and a credit is given back by adding a permit to `credits`.
+    pub fn for_test(credits: usize) -> (DirectSend, Arc<Semaphore>, impl Fn() -> Vec<String>) {
+        let link = Arc::new(Link {
+            index: 0,
+            out: Mutex::default(),
+            wake: Notify::new(),
+            channels: Mutex::default(),
+        });
+        let credits = Arc::new(Semaphore::new(credits));
+        let send = DirectSend {
+            link: link.clone(),
+            channel: 1,
+            credits: credits.clone(),
+        };
+        let sent = move || {
+            let mut bytes = std::mem::take(&mut lock(&link.out).bytes);
+            let mut texts = Vec::new();
+            link::for_each_frame(&mut bytes, |kind, _, payload| {
+                assert_eq!(kind, to_worker::TEXT);
+                texts.push(String::from_utf8(payload.to_vec()).expect("text frames"));
+            })
+            .expect("frames the link encoded");
+            assert!(bytes.is_empty(), "only whole frames");
+            texts
+        };
+        (send, credits, sent)
+    }
+}
+
 impl DirectSend {
     /// Queues `text` if the channel has a credit; false if it has none (the
     /// client is behind: the connection's task waits for one instead).

@@ -198,6 +198,12 @@ fn step(users: u64, window: (f64, f64), scale: f64) -> Step {
             ("medium".to_string(), 2 * users / 1000),
             ("large".to_string(), users / 10_000),
         ]),
+        events_received: BTreeMap::from([
+            ("message".to_string(), 60 * users),
+            ("presence".to_string(), 800 * users),
+            ("participant_joined".to_string(), 3 * users),
+            ("participant_left".to_string(), 3 * users),
+        ]),
         arrived_users: None,
         correctness,
         server_cpu_mean_pct: 4.0 + 150.0 * scale,
