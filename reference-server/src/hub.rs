@@ -186,9 +186,8 @@ enum Route {
 /// on. Another event (presence, a participant change) goes straight there
 /// too and leaves the record as it is. Anything else (a join or leave, a
 /// gap, a missing credit) ends the parking and goes on the queue behind
-/// everything sent so far; the task
-/// takes its record back before it handles the item, and parks again when
-/// its queue is empty. Each message is sent once and in order either way:
+/// everything sent so far; the task takes its record back before it
+/// handles the item, and parks again when its queue is empty. Each message is sent once and in order either way:
 /// both routes decide under this lock, and the task sends nothing while
 /// parked.
 pub struct Direct {
