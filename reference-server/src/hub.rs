@@ -262,6 +262,10 @@ struct SessionState {
     /// Bumped on every connect and disconnect, so a linger timer knows
     /// whether it is still the latest.
     generation: u64,
+    /// Requests using the session now (`SessionHold`): it does not expire
+    /// while any is held, so a join or a stream start cannot land in a
+    /// session that leaves its rooms under it.
+    holds: u32,
     expired: bool,
 }
 
@@ -377,6 +381,37 @@ pub enum Note {
     },
     /// Answered once every note sent before it has been recorded.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A request's use of a session (`Hub::session`): while it is held the
+/// session does not expire. Dropping the last hold of a session that has no
+/// stream starts its linger.
+pub struct SessionHold {
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+}
+
+impl SessionHold {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        let linger = {
+            let mut st = self.session.lock();
+            st.holds -= 1;
+            let linger = st.holds == 0 && st.conn.is_none();
+            if linger {
+                st.generation += 1;
+            }
+            linger
+        };
+        if linger {
+            self.hub.start_linger(&self.session);
+        }
+    }
 }
 
 /// What a new connection starts from.
@@ -783,23 +818,33 @@ impl Hub {
         sessions.get(&(user, endpoint.to_owned())).cloned()
     }
 
-    /// The session of (user, endpoint), created when absent.
-    pub fn session(
-        self: &Arc<Self>,
-        user: UserId,
-        user_name: &str,
-        endpoint: &str,
-    ) -> Arc<Session> {
+    /// The session of (user, endpoint), created when absent, held for the
+    /// caller's request: it cannot expire until the hold is dropped, and it
+    /// lingers from then when no stream is attached (PC-9.1a). A session
+    /// that has begun to expire is never handed out; a new one takes its
+    /// place.
+    pub fn session(self: &Arc<Self>, user: UserId, user_name: &str, endpoint: &str) -> SessionHold {
         let key = (user, endpoint.to_owned());
         let mut sessions = self.sessions.lock().expect("sessions lock poisoned");
         if let Some(s) = sessions.get(&key) {
-            return s.clone();
+            let mut st = s.lock();
+            if !st.expired {
+                st.holds += 1;
+                drop(st);
+                return SessionHold {
+                    hub: Arc::clone(self),
+                    session: s.clone(),
+                };
+            }
         }
         let s = Arc::new(Session {
             user,
             user_name: user_name.to_owned(),
             endpoint: endpoint.to_owned(),
-            state: Mutex::default(),
+            state: Mutex::new(SessionState {
+                holds: 1,
+                ..SessionState::default()
+            }),
         });
         sessions.insert(key, s.clone());
         drop(sessions);
@@ -824,9 +869,12 @@ impl Hub {
             });
         }
         self.metrics.sessions.inc();
-        // A session made by a join without a stream lingers like a dropped one.
-        self.start_linger(&s);
-        s
+        // A session made by a join without a stream lingers like a dropped
+        // one, from when the hold is dropped.
+        SessionHold {
+            hub: Arc::clone(self),
+            session: s,
+        }
     }
 
     /// Whether (user, endpoint) has a session, and how many sessions the user has.
@@ -838,8 +886,10 @@ impl Hub {
         )
     }
 
-    /// Attaches a new stream to a session, replacing (and closing) any older one.
-    pub fn attach(&self, session: &Arc<Session>, direct: Option<Arc<Direct>>) -> Attached {
+    /// Attaches a new stream to a held session, replacing (and closing) any
+    /// older one. The caller's hold kept the session from expiring.
+    pub fn attach(&self, hold: &SessionHold, direct: Option<Arc<Direct>>) -> Attached {
+        let session = hold.session();
         let (tx, rx) = mpsc::channel(self.queue);
         let conn = Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -857,7 +907,7 @@ impl Hub {
                 None => false,
             };
             st.generation += 1;
-            st.expired = false;
+            debug_assert!(!st.expired, "a held session does not expire");
             let points = std::mem::take(&mut st.join_points);
             let rooms: Vec<(RoomId, Option<u64>)> = st
                 .rooms
@@ -921,7 +971,7 @@ impl Hub {
     fn expire(&self, session: &Arc<Session>, generation: u64) {
         let rooms = {
             let mut st = session.lock();
-            if st.conn.is_some() || st.generation != generation || st.expired {
+            if st.conn.is_some() || st.holds > 0 || st.generation != generation || st.expired {
                 return;
             }
             st.expired = true;
@@ -1362,5 +1412,51 @@ mod tests {
         );
         assert_eq!(sent(), ["p4"]);
         assert_eq!(queued(&mut rx), ["joined 8", "p5"]);
+    }
+
+    /// A session's linger fires while a stream start (or a join) holds it:
+    /// the session must not expire under the request, or the stream would
+    /// attach to a session that has left its rooms (its resume answered
+    /// `not_joined`) while a later join made another one. Once the stream
+    /// is attached and gone again, the session lingers and expires as
+    /// PC-9.1a says.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_session_outlives_its_linger_and_expires_once_let_go() {
+        let linger = Duration::from_secs(1);
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new()), linger, 16, None));
+        let (user, room) = (UserId(3), RoomId(5));
+        let expired = || hub.metrics.sessions_expired.get();
+
+        // A join without a stream: the session lingers from its answer.
+        let hold = hub.session(user, "ann", "e0");
+        hub.join(room, hold.session(), 75);
+        let session = hold.session().clone();
+        drop(hold);
+
+        // Most of the linger later a stream starts; the old timer fires
+        // while it is still being set up.
+        tokio::time::sleep(linger * 9 / 10).await;
+        let hold = hub.session(user, "ann", "e0");
+        assert!(Arc::ptr_eq(hold.session(), &session));
+        tokio::time::sleep(linger).await;
+        assert_eq!(expired(), 0);
+        assert_eq!(session.rooms(), [room]);
+
+        let attached = hub.attach(&hold, None);
+        drop(hold);
+        assert_eq!(attached.rooms, [(room, 0)]);
+        tokio::time::sleep(linger * 3).await;
+        assert_eq!(expired(), 0, "a session with its stream does not expire");
+
+        hub.detach(&session, attached.conn.id);
+        tokio::time::sleep(linger / 2).await;
+        assert_eq!(expired(), 0);
+        tokio::time::sleep(linger).await;
+        assert_eq!(expired(), 1);
+        assert!(session.rooms().is_empty());
+        assert_eq!(hub.participant_count(room), 0);
+        // The next request gets a new session, not the expired one.
+        let hold = hub.session(user, "ann", "e0");
+        assert!(!Arc::ptr_eq(hold.session(), &session));
     }
 }

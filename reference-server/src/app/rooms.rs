@@ -602,9 +602,10 @@ impl App {
         } else {
             Admitted::free()
         };
-        let session = self.hub.session(caller.id, &caller.name, &req.endpoint);
+        // Held to the answer: the session cannot expire under the join.
+        let hold = self.hub.session(caller.id, &caller.name, &req.endpoint);
         let limit = settings.service.participant_update_limit as usize;
-        let upto = self.hub.join(room, &session, limit);
+        let upto = self.hub.join(room, hold.session(), limit);
         let (stored, has_more) = if !history_on || upto == 0 {
             (Vec::new(), false)
         } else {

@@ -30,7 +30,7 @@ use crate::admission::Admitted;
 use crate::app::{views, App, Caller};
 use crate::domain::RoomId;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::{to_frame, Direct, Outbound, Session};
+use crate::hub::{to_frame, Direct, Outbound, Session, SessionHold};
 use crate::relay::{Incoming, Relayed};
 use crate::store::Slice;
 
@@ -156,9 +156,11 @@ pub async fn stream(
     let turn = app
         .admit_stream(&caller, &endpoint, &resume, rejoin)
         .await?;
-    let session = app.hub.session(caller.id, &caller.name, &endpoint);
+    // Held until the stream is attached: a lingering session cannot expire
+    // (and leave its rooms) between the rejoin and the attach.
+    let hold = app.hub.session(caller.id, &caller.name, &endpoint);
     if rejoin {
-        app.rejoin(&caller, &session, &resume).await;
+        app.rejoin(&caller, hold.session(), &resume).await;
     }
     let s = &app.config.stream;
     let ws = ws
@@ -170,7 +172,7 @@ pub async fn stream(
     let handle = handle.and_then(|Extension(ConnectInfo(h))| h.0);
     Ok(ws.on_upgrade(move |socket| async move {
         let socket = hand_over(&app, socket, handle);
-        Connection::run(app, caller, session, resume, socket, turn).await;
+        Connection::run(app, caller, hold, resume, socket, turn).await;
     }))
 }
 
@@ -302,11 +304,12 @@ impl Connection {
     async fn run(
         app: Arc<App>,
         caller: Caller,
-        session: Arc<Session>,
+        hold: SessionHold,
         resume: HashMap<RoomId, u64>,
         socket: Socket,
         turn: Admitted,
     ) {
+        let session = hold.session().clone();
         // A relayed stream gets the direct route (the bug-injection build
         // keeps every message on the task, where its injections act).
         let direct = match &socket {
@@ -315,7 +318,8 @@ impl Connection {
             }
             _ => None,
         };
-        let attached = app.hub.attach(&session, direct.clone());
+        let attached = app.hub.attach(&hold, direct.clone());
+        drop(hold);
         app.metrics.connections.inc();
         let conn = attached.conn.clone();
         let mut rx = attached.rx;
