@@ -187,9 +187,9 @@ enum Route {
 /// too and leaves the record as it is. Anything else (a join or leave, a
 /// gap, a missing credit) ends the parking and goes on the queue behind
 /// everything sent so far; the task takes its record back before it
-/// handles the item, and parks again when its queue is empty. Each message is sent once and in order either way:
-/// both routes decide under this lock, and the task sends nothing while
-/// parked.
+/// handles the item, and parks again when its queue is empty. Each message
+/// is sent once and in order either way: both routes decide under this
+/// lock, and the task sends nothing while parked.
 pub struct Direct {
     send: crate::relay::DirectSend,
     state: Mutex<DirectState>,
@@ -280,7 +280,11 @@ impl Session {
         let Some(conn) = &st.conn else { return false };
         match conn.push(item) {
             Ok(route) => {
-                metrics.deliveries.inc();
+                // What the direct route drops (as the task would) was
+                // never queued or sent, so it is no delivery.
+                if route != Route::Dropped {
+                    metrics.deliveries.inc();
+                }
                 if route == Route::Direct {
                     metrics.direct_deliveries.inc();
                 }
@@ -1458,5 +1462,39 @@ mod tests {
         // The next request gets a new session, not the expired one.
         let hold = hub.session(user, "ann", "e0");
         assert!(!Arc::ptr_eq(hold.session(), &session));
+    }
+
+    /// `pchat_deliveries_total` counts what reached the connection's queue
+    /// or its stream worker; an item the direct route drops (as the task
+    /// would: the endpoint is not in the room, or has the message) is none.
+    #[tokio::test]
+    async fn items_the_direct_route_drops_are_not_counted_as_deliveries() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone(), Duration::from_secs(60), 16, None));
+        let (send, _credits, sent) = crate::relay::DirectSend::for_test(4);
+        let direct = Arc::new(Direct::new(send));
+        let hold = hub.session(UserId(1), "ann", "e0");
+        let attached = hub.attach(&hold, Some(direct.clone()));
+        let session = hold.session().clone();
+        drop(hold);
+        let (room, other) = (RoomId(7), RoomId(8));
+        let mut record = HashMap::from([(room, 1)]);
+        let rx = attached.rx;
+        direct.park(&mut record, || rx.is_empty());
+        let message = |room, seq: u64| Outbound::Message {
+            room,
+            seq,
+            frame: frame(&format!("{}:{seq}", room.0)),
+        };
+
+        assert!(session.deliver(message(other, 1), &metrics));
+        assert!(session.deliver(message(room, 1), &metrics));
+        assert_eq!(metrics.deliveries.get(), 0, "both dropped");
+        assert!(session.deliver(message(room, 2), &metrics));
+        assert_eq!(sent(), ["7:2"]);
+        assert_eq!(
+            (metrics.deliveries.get(), metrics.direct_deliveries.get()),
+            (1, 1)
+        );
     }
 }

@@ -121,7 +121,7 @@ impl Metrics {
         registry.register("posts", "Messages acknowledged", m.posts.clone());
         registry.register(
             "deliveries",
-            "Events queued to connected streams",
+            "Events queued to connected streams or sent straight to their stream worker (not those the direct route drops because the endpoint has them or left the room)",
             m.deliveries.clone(),
         );
         registry.register(
