@@ -269,6 +269,19 @@ struct SessionState {
     expired: bool,
 }
 
+impl SessionState {
+    /// Whether nothing uses the session any more (no stream, no hold): its
+    /// linger begins, and the generation moves on so that older linger
+    /// timers lapse. Called where a stream or a hold lets go.
+    fn begin_idle(&mut self) -> bool {
+        let idle = self.conn.is_none() && self.holds == 0;
+        if idle {
+            self.generation += 1;
+        }
+        idle
+    }
+}
+
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
         self.state.lock().expect("session lock poisoned")
@@ -403,16 +416,12 @@ impl SessionHold {
 
 impl Drop for SessionHold {
     fn drop(&mut self) {
-        let linger = {
+        let idle = {
             let mut st = self.session.lock();
             st.holds -= 1;
-            let linger = st.holds == 0 && st.conn.is_none();
-            if linger {
-                st.generation += 1;
-            }
-            linger
+            st.begin_idle()
         };
-        if linger {
+        if idle {
             self.hub.start_linger(&self.session);
         }
     }
@@ -947,17 +956,16 @@ impl Hub {
 
     /// Detaches a finished stream; the session lingers before it leaves its rooms.
     pub fn detach(self: &Arc<Self>, session: &Arc<Session>, conn_id: u64) {
-        {
+        let idle = {
             let mut st = session.lock();
             if st.conn.as_ref().is_some_and(|c| c.id == conn_id) {
                 st.conn = None;
             }
-            if st.conn.is_some() {
-                return;
-            }
-            st.generation += 1;
+            st.begin_idle()
+        };
+        if idle {
+            self.start_linger(session);
         }
-        self.start_linger(session);
     }
 
     fn start_linger(self: &Arc<Self>, session: &Arc<Session>) {
