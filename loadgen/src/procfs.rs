@@ -281,6 +281,9 @@ pub fn machine() -> scenarios::results::Machine {
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let max_khz = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok());
     scenarios::results::Machine {
         hostname,
         cpu_model,
@@ -288,7 +291,33 @@ pub fn machine() -> scenarios::results::Machine {
         memory_gib: mem_kib / 1048576.0,
         kernel,
         fd_limit: rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0)),
+        cpu_mhz: max_khz
+            .map(|khz| khz / 1000.0)
+            .or_else(|| cpuinfo_mhz(&cpuinfo)),
+        virtual_machine: under_hypervisor(&cpuinfo),
     }
+}
+
+/// The first processor's clock as /proc/cpuinfo gives it (`cpu MHz`).
+fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|mhz: &f64| *mhz > 0.0)
+}
+
+/// Whether /proc/cpuinfo shows a hypervisor: on x86 the processor's
+/// `hypervisor` flag, which every hypervisor sets for its guests and no
+/// physical processor does. `None` where the file lists no flags (another
+/// architecture, or no /proc): then it cannot be told.
+fn under_hypervisor(cpuinfo: &str) -> Option<bool> {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split(':').nth(1))?;
+    Some(flags.split_whitespace().any(|f| f == "hypervisor"))
 }
 
 #[cfg(test)]
@@ -310,6 +339,23 @@ mod tests {
         let pct = s.sample();
         // Only that it saw some use: how much depends on the machine's load.
         assert!(pct > 0.0, "cpu {pct}");
+    }
+
+    #[test]
+    fn cpuinfo_tells_a_guest_and_its_clock() {
+        let guest = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2596.140\n\
+                     flags\t\t: fpu vme sse2 hypervisor lahf_lm\n";
+        assert_eq!(under_hypervisor(guest), Some(true));
+        assert_eq!(cpuinfo_mhz(guest), Some(2596.14));
+        // A flag that only contains the word is not the flag.
+        let bare = "cpu MHz\t\t: 0\nflags\t\t: fpu not_hypervisor sse2\n";
+        assert_eq!(under_hypervisor(bare), Some(false));
+        assert_eq!(cpuinfo_mhz(bare), None, "a clock of 0 is not known");
+        // No flags line (another architecture): it cannot be told.
+        assert_eq!(
+            under_hypervisor("processor\t: 0\nBogoMIPS\t: 50.00\n"),
+            None
+        );
     }
 
     #[test]

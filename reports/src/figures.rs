@@ -255,10 +255,20 @@ pub(crate) const RETRIED_MEANING: &str = "refusals honoured after their Retry-Af
      on a node that was down, streams lost before their reconnect; a retry that finally failed \
      counts once among the errors";
 
-/// The machine in one line.
+/// The machine in one line. Clock and kind appear where the run recorded
+/// them (results written before they were recorded have neither).
 pub(crate) fn machine(m: &Machine) -> String {
+    let clock = m
+        .cpu_mhz
+        .map(|mhz| format!(", clock {:.2} GHz", mhz / 1000.0))
+        .unwrap_or_default();
+    let kind = match m.virtual_machine {
+        Some(true) => ", virtual machine",
+        Some(false) => ", physical",
+        None => "",
+    };
     format!(
-        "{}: {}, {} cores, {:.1} GiB, kernel {}, open-file limit {} (soft) / {} (hard)",
+        "{}: {}{clock}, {} cores, {:.1} GiB{kind}, kernel {}, open-file limit {} (soft) / {} (hard)",
         m.hostname,
         m.cpu_model,
         m.cores,

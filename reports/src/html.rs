@@ -10,7 +10,7 @@ use scenarios::results::{RunResult, Step};
 
 use crate::charts::RenderedCharts;
 use crate::figures::{self, Severity};
-use crate::{compare, ReportInput};
+use crate::{compare, ReportInput, Verdict};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -46,9 +46,11 @@ code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.88
 .banner.warning { border-color: #bf8700; background: #fff8c5; color: #6c4a00; }
 table.verdicts tr.holds td { background: #dafbe1; }
 table.verdicts tr.fails td { background: #ffebe9; }
+table.verdicts tr.inconclusive td { background: #fff8c5; }
 table.verdicts td.verdict { font-weight: bold; white-space: nowrap; }
 table.verdicts tr.holds td.verdict { color: #116329; }
 table.verdicts tr.fails td.verdict { color: #a40e26; }
+table.verdicts tr.inconclusive td.verdict { color: #6c4a00; }
 .knee { font-size: 1.05rem; background: #ddf4ff; border-left: 4px solid #0969da; padding: 0.5rem 0.8rem; }
 figure { margin: 1.5rem 0; }
 figure svg { width: 100%; height: auto; border: 1px solid #d0d7de; }
@@ -236,10 +238,10 @@ fn verdict_table(h: &mut String, input: &ReportInput) {
     h.push_str("<table class=\"verdicts\">\n<thead><tr><th>claim</th><th>target</th><th>measured</th><th>verdict</th><th>why</th></tr></thead>\n<tbody>\n");
     for v in &input.verdicts {
         // Words as well as colour, for readers and printers without colour.
-        let (class, verdict) = if v.holds {
-            ("holds", "✔ holds")
-        } else {
-            ("fails", "✘ does not hold")
+        let (class, verdict) = match v.verdict {
+            Verdict::Holds => ("holds", "✔ holds"),
+            Verdict::DoesNotHold => ("fails", "✘ does not hold"),
+            Verdict::Inconclusive => ("inconclusive", "? inconclusive"),
         };
         let _ = writeln!(
             h,

@@ -7,6 +7,7 @@
 //! does not depend on how they are computed.
 
 use scenarios::results::RunResult;
+pub use scenarios::verdict::Verdict;
 
 /// Everything [`crate::write_report`] renders.
 #[derive(Debug, Clone)]
@@ -29,7 +30,7 @@ pub struct ReportInput {
 
 /// One line of the verdict table, already decided by the caller.
 ///
-/// All fields are display text except `holds`: the report prints them as
+/// All fields are display text except `verdict`: the report prints them as
 /// they are (escaped), so units and rounding are the caller's choice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictRow {
@@ -39,8 +40,8 @@ pub struct VerdictRow {
     pub target: String,
     /// What the run measured, e.g. "182 ms".
     pub measured: String,
-    /// Whether the claim holds on this run.
-    pub holds: bool,
+    /// Whether the claim holds on this run, does not, or the run cannot tell.
+    pub verdict: Verdict,
     /// Why, in one sentence, e.g. which step or window decided it.
     pub why: String,
 }

@@ -21,7 +21,7 @@
 //! [`write_report`] writes all of it into one directory:
 //!
 //! ```no_run
-//! use reports::{write_report, ReportInput, VerdictRow};
+//! use reports::{write_report, ReportInput, Verdict, VerdictRow};
 //! # fn run(result: scenarios::results::RunResult) -> Result<(), reports::ReportError> {
 //! let input = ReportInput {
 //!     result,
@@ -29,7 +29,7 @@
 //!         claim: "p99 delivery at 20,000 users".into(),
 //!         target: "≤ 250 ms".into(),
 //!         measured: "182 ms".into(),
-//!         holds: true,
+//!         verdict: Verdict::Holds,
 //!         why: "the steady window at 20,000 users measured 182 ms".into(),
 //!     }],
 //!     knee: None,
@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 
 pub use compare::compare;
 pub use error::ReportError;
-pub use input::{Knee, ReportInput, VerdictRow};
+pub use input::{Knee, ReportInput, Verdict, VerdictRow};
 
 /// The file names inside a report directory.
 pub const HTML_FILE: &str = "report.html";

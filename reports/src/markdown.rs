@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use scenarios::results::RunResult;
 
 use crate::charts::RenderedCharts;
-use crate::{compare, figures, ReportInput, VerdictRow};
+use crate::{compare, figures, ReportInput, Verdict, VerdictRow};
 
 /// Renders the summary. Deterministic: the same input and charts give the
 /// same text, so it can be snapshot-tested and diffed between runs.
@@ -178,10 +178,10 @@ pub fn verdict_table(verdicts: &[VerdictRow]) -> String {
     let mut md =
         String::from("| claim | target | measured | verdict | why |\n|---|---|---|---|---|\n");
     for v in verdicts {
-        let verdict = if v.holds {
-            "holds"
-        } else {
-            "**does not hold**"
+        let verdict = match v.verdict {
+            Verdict::Holds => "holds",
+            Verdict::DoesNotHold => "**does not hold**",
+            Verdict::Inconclusive => "*inconclusive*",
         };
         let _ = writeln!(
             md,

@@ -153,6 +153,7 @@ fn html_is_self_contained_and_shows_the_verdicts() {
     assert!(html.contains("<tr class=\"fails\"><td>delivery correctness at 20,000 users</td>"));
     assert!(html.contains("✘ does not hold"));
     assert!(html.contains("✔ holds"));
+    assert!(html.contains("<tr class=\"inconclusive\">") && html.contains("? inconclusive"));
     // Caller text is escaped, never interpreted.
     assert!(html.contains("p99 &lt;= 250 ms &amp; no gap"));
     assert!(!html.contains("p99 <= 250 ms & no gap"));
@@ -481,4 +482,44 @@ fn html_renders_in_headless_chromium() {
         6,
         "the browser parsed every inline chart"
     );
+}
+
+/// Every `results.json` committed under `sizing/` (each written by an earlier
+/// build) still loads, so a planner can compare a new run against any of
+/// them with `--baseline`; those written before the machine's clock and kind
+/// were recorded load with neither, and a claim verdict is still computed.
+#[test]
+fn committed_results_still_load_as_baselines() {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable directory") {
+            let path = entry.expect("readable entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.file_name().is_some_and(|n| n == "results.json") {
+                found.push(path);
+            }
+        }
+    }
+    let mut found: Vec<PathBuf> = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("sizing"),
+        &mut found,
+    );
+    assert!(found.len() >= 10, "only {} committed results", found.len());
+    let mut claims = 0;
+    for path in &found {
+        let run: RunResult =
+            serde_json::from_str(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            !run.steps.is_empty() || !run.completed,
+            "{}",
+            path.display()
+        );
+        if run.claim.is_some() {
+            let v = scenarios::verdict::claim_verdict(&run).expect("a claim verdict");
+            assert!(!v.why.is_empty(), "{}", path.display());
+            claims += 1;
+        }
+    }
+    assert!(claims > 0, "no committed run verifies a claim");
 }

@@ -40,6 +40,35 @@ pub struct Claim {
     pub text: String,
     /// Active users the claim is about.
     pub users: u64,
+    /// The hardware the claim is about, when it names one (the vendor's
+    /// figures are for its recommended server). A run on a host that falls
+    /// short of it cannot show that the claim fails, only that it holds
+    /// ([`verdict::claim_verdict`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostSpec>,
+}
+
+/// The hardware a claim is about, compared with the measured
+/// [`results::Machine`]. A field left out is not compared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// What the specification is, in words ("the vendor's recommended
+    /// front-end server: two hex-core 2.26 GHz processors, 32 GB").
+    pub text: String,
+    /// Fewest logical CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Least memory, in GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_gib: Option<f64>,
+    /// Lowest processor clock, in GHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ghz: Option<f64>,
+    /// `Some(true)`: the claim is about a virtual machine; `Some(false)`:
+    /// about a physical server; `None`: either.
+    #[serde(default, rename = "virtual", skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<bool>,
 }
 
 /// The service-level objective. Defaults are the issue's: at the target load,

@@ -253,6 +253,16 @@ pub struct Machine {
     pub kernel: String,
     /// Open-file limit of the load generator process (soft, hard).
     pub fd_limit: (u64, u64),
+    /// The processor's clock in MHz: its highest frequency where the kernel
+    /// reports one (cpufreq), else what /proc/cpuinfo says. Absent from
+    /// results written before it was recorded, and where neither is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_mhz: Option<f64>,
+    /// Whether the machine runs under a hypervisor (the processor's
+    /// `hypervisor` flag). Absent where it could not be told, and from
+    /// results written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<bool>,
 }
 
 /// Whether the load generator could do what it was asked.

@@ -20,6 +20,13 @@
 //! text = "20,000 active users per front end"
 //! users = 20000
 //!
+//! # [claim.host]           # optional: the hardware the claim is about
+//! # text = "the vendor's recommended server"
+//! # cores = 12             # fewest logical CPUs
+//! # memory_gib = 32
+//! # cpu_ghz = 2.26
+//! # virtual = true         # about a virtual machine (false: physical)
+//!
 //! [model]                  # optional; these are the defaults
 //! source = "vendor"        # or a path to a model file of the same shape
 //! chat_rate = "published"  # or "per_room_per_day", "per_user_per_day"
@@ -73,12 +80,13 @@ use toml::Spanned;
 use crate::model::{ModelError, UserModel};
 use crate::plan::{ChatRateModel, Plan, PlanOptions};
 use crate::toml_span::{self, Located};
-use crate::{Claim, Slo};
+use crate::{Claim, HostSpec, Slo};
 
 /// The built-in scenario library: (name, file text).
-pub const LIBRARY: [(&str, &str); 8] = [
+pub const LIBRARY: [(&str, &str); 9] = [
     ("quick", include_str!("../library/quick.toml")),
     ("node-20k", include_str!("../library/node-20k.toml")),
+    ("vm-20k", include_str!("../library/vm-20k.toml")),
     ("pool-quick", include_str!("../library/pool-quick.toml")),
     ("pool-80k", include_str!("../library/pool-80k.toml")),
     ("node-loss", include_str!("../library/node-loss.toml")),
@@ -103,6 +111,8 @@ pub const DEFAULT_WORKERS: usize = 64;
 pub const MAX_USERS: u64 = 10_000_000;
 /// Most steps a stepped load may have.
 pub const MAX_STEPS: u64 = 1_000;
+/// Most logical CPUs a claim's host may name.
+pub const MAX_CORES: u32 = 4_096;
 
 /// A validated scenario.
 #[derive(Clone, Debug, PartialEq)]
@@ -377,6 +387,18 @@ struct RawScenario {
 struct RawClaim {
     text: Spanned<String>,
     users: Spanned<u64>,
+    host: Option<RawHost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    text: Spanned<String>,
+    cores: Option<Spanned<u64>>,
+    memory_gib: Option<Spanned<f64>>,
+    cpu_ghz: Option<Spanned<f64>>,
+    #[serde(rename = "virtual")]
+    virtual_machine: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -492,6 +514,43 @@ impl Checker<'_> {
     }
 }
 
+impl RawHost {
+    fn validate(self, c: &Checker<'_>) -> Result<HostSpec, Located> {
+        if self.text.get_ref().trim().is_empty() {
+            return Err(c.bad(
+                "claim.host.text",
+                &self.text,
+                "must say what the specification is",
+            ));
+        }
+        let cores = match self.cores {
+            None => None,
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(k @ 1..=MAX_CORES) => Some(k),
+                _ => {
+                    return Err(c.bad(
+                        "claim.host.cores",
+                        &n,
+                        format!("must be 1 to {MAX_CORES} logical CPUs"),
+                    ))
+                }
+            },
+        };
+        let positive = |field: &str, v: Option<Spanned<f64>>, unit: &str| match v {
+            None => Ok(None),
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => Ok(Some(*v.get_ref())),
+            Some(v) => Err(c.bad(field, &v, format!("must be more than zero {unit}"))),
+        };
+        Ok(HostSpec {
+            text: self.text.into_inner(),
+            cores,
+            memory_gib: positive("claim.host.memory_gib", self.memory_gib, "GiB")?,
+            cpu_ghz: positive("claim.host.cpu_ghz", self.cpu_ghz, "GHz")?,
+            virtual_machine: self.virtual_machine,
+        })
+    }
+}
+
 impl RawScenario {
     fn validate(self, text: &str) -> Result<Scenario, Located> {
         let c = Checker { text };
@@ -530,9 +589,14 @@ impl RawScenario {
                         format!("{users} is more than the load reaches ({most_users}): no step could verify the claim"),
                     ));
                 }
+                let host = match claim.host {
+                    None => None,
+                    Some(h) => Some(h.validate(&c)?),
+                };
                 Some(Claim {
                     text: claim.text.into_inner(),
                     users,
+                    host,
                 })
             }
         };
@@ -887,6 +951,25 @@ mod tests {
         assert_eq!(node.claim.as_ref().map(|c| c.users), Some(20_000));
         let model = node.user_model(None).unwrap();
         assert_eq!(node.plan(&model, 20_000).endpoints, 30_000);
+        // The vendor's figures are for its recommended server.
+        let host = node.claim.as_ref().and_then(|c| c.host.clone()).unwrap();
+        assert_eq!(
+            (
+                host.cores,
+                host.memory_gib,
+                host.cpu_ghz,
+                host.virtual_machine
+            ),
+            (Some(12), Some(32.0), Some(2.26), None)
+        );
+        // The VM claim: the same load, on a virtual machine of that size.
+        let vm = Scenario::builtin("vm-20k").unwrap();
+        assert_eq!((&vm.load, &vm.topology), (&node.load, &node.topology));
+        let vm_host = vm.claim.as_ref().and_then(|c| c.host.clone()).unwrap();
+        assert_eq!(
+            (vm_host.cores, vm_host.virtual_machine),
+            (Some(12), Some(true))
+        );
 
         let knee = Scenario::builtin("knee").unwrap();
         assert!(knee.stop_when_broken());
@@ -934,6 +1017,13 @@ seed = 9
 [claim]
 text = "3,000 users"
 users = 3000
+
+[claim.host]
+text = "a small VM"
+cores = 4
+memory_gib = 8
+cpu_ghz = 2.5
+virtual = true
 
 [model]
 source = "vendor"
@@ -996,7 +1086,18 @@ max_error_pct = 0
             }
         );
         assert_eq!(s.seed, 9);
-        assert_eq!(s.claim.map(|c| c.users), Some(3_000));
+        let claim = s.claim.unwrap();
+        assert_eq!(claim.users, 3_000);
+        assert_eq!(
+            claim.host,
+            Some(HostSpec {
+                text: "a small VM".into(),
+                cores: Some(4),
+                memory_gib: Some(8.0),
+                cpu_ghz: Some(2.5),
+                virtual_machine: Some(true),
+            })
+        );
     }
 
     #[test]
@@ -1125,6 +1226,25 @@ max_error_pct = 0
             (10, Some("claim.users")),
             "{e}"
         );
+
+        let host = format!("{GOOD}\n[claim]\ntext = \"small\"\nusers = 10\n[claim.host]\n");
+        let e = error(&format!("{host}text = \"spec\"\ncores = 0\n"));
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (13, Some("claim.host.cores")),
+            "{e}"
+        );
+        let e = error(&format!("{host}text = \"spec\"\nmemory_gib = -32\n"));
+        assert_eq!(
+            e.to_string(),
+            "mine.toml:13:1: claim.host.memory_gib: must be more than zero GiB"
+        );
+        let e = error(&format!("{host}text = \" \"\n"));
+        assert_eq!(e.field.as_deref(), Some("claim.host.text"), "{e}");
+        let e = error(&format!("{host}text = \"spec\"\nvirtual = \"yes\"\n"));
+        assert_eq!(e.line, 13, "{e}");
+        let e = error(&format!("{host}text = \"spec\"\nram = 32\n"));
+        assert!(e.message.contains("unknown field `ram`"), "{e}");
 
         let e = error(&GOOD.replace("mine", "../up"));
         assert_eq!((e.line, e.field.as_deref()), (1, Some("name")), "{e}");

@@ -12,10 +12,41 @@
 //! A verdict on a claim also needs a valid run: one whose generator kept up,
 //! that hit no host limit and that ran to its planned end. Otherwise the
 //! numbers may describe the load generator or the host rather than the
-//! server, and the verdict says "invalid run: ...".
+//! server, and the verdict is inconclusive: "invalid run: ...".
+//!
+//! A claim may name the hardware it is about (the vendor's figures are for
+//! its recommended server; [`crate::HostSpec`]). A run on a host that falls
+//! short of it can show that the claim holds (a host with more would carry
+//! the load too) but not that it fails: when the objective breaks there, the
+//! verdict is inconclusive and says what the host lacks. A claim about a
+//! virtual machine (or a physical one) is tested only on a host of that
+//! kind.
 
-use crate::results::{RunResult, Step, HOST_SATURATED_PCT};
-use crate::Slo;
+use crate::results::{Machine, RunResult, Step, HOST_SATURATED_PCT};
+use crate::{HostSpec, Slo};
+
+/// What a run says about a claim, or a step about the objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A valid run met it.
+    Holds,
+    /// A valid run, on a host the claim is about, did not meet it.
+    DoesNotHold,
+    /// The run cannot tell: it was invalid, did not reach the claim's load,
+    /// or ran on a host that cannot test the claim.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// `Holds` or `DoesNotHold`, from a judgement of a valid run.
+    pub fn of(holds: bool) -> Verdict {
+        if holds {
+            Verdict::Holds
+        } else {
+            Verdict::DoesNotHold
+        }
+    }
+}
 
 /// One criterion of the objective at one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,8 +79,140 @@ pub struct ClaimVerdict {
     pub target: String,
     /// What the judged step measured, in words.
     pub measured: String,
-    pub holds: bool,
+    pub verdict: Verdict,
     pub why: String,
+}
+
+impl ClaimVerdict {
+    pub fn holds(&self) -> bool {
+        self.verdict == Verdict::Holds
+    }
+}
+
+/// MemTotal, which the machine's memory is read from, leaves out what the
+/// firmware and the kernel keep for themselves: a 32 GiB server shows about
+/// 31.3 GiB. A host whose MemTotal is within this share of a specification
+/// counts as having it.
+pub const MEMTOTAL_SHARE: f64 = 0.95;
+
+/// How the measured machine compares with the hardware a claim is about.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostFit {
+    /// What the machine lacks or could not be told to have, in words
+    /// ("2 of 12 logical CPUs").
+    pub short: Vec<String>,
+    /// Why the machine is of the wrong kind (physical for a claim about a
+    /// virtual machine, or the other way round, or not known), if it is.
+    pub wrong_kind: Option<String>,
+}
+
+impl HostFit {
+    pub fn meets(&self) -> bool {
+        self.short.is_empty() && self.wrong_kind.is_none()
+    }
+}
+
+/// Compares the measured machine with a claim's hardware, field by field.
+pub fn host_fit(spec: &HostSpec, m: &Machine) -> HostFit {
+    let mut fit = HostFit::default();
+    if let Some(cores) = spec.cores {
+        if m.cores == 0 {
+            fit.short.push("logical CPUs not known".into());
+        } else if m.cores < cores {
+            fit.short
+                .push(format!("{} of {cores} logical CPUs", m.cores));
+        }
+    }
+    if let Some(gib) = spec.memory_gib {
+        if m.memory_gib <= 0.0 {
+            fit.short.push("memory not known".into());
+        } else if m.memory_gib < gib * MEMTOTAL_SHARE {
+            fit.short
+                .push(format!("{:.1} of {gib} GiB of memory", m.memory_gib));
+        }
+    }
+    if let Some(ghz) = spec.cpu_ghz {
+        match m.cpu_mhz {
+            None => fit.short.push("processor clock not known".into()),
+            // Half a MHz of slack for the decimal rounding of the two figures.
+            Some(mhz) if mhz + 0.5 < ghz * 1000.0 => fit.short.push(format!(
+                "a {:.2} GHz processor against {ghz} GHz",
+                mhz / 1000.0
+            )),
+            Some(_) => {}
+        }
+    }
+    fit.wrong_kind = match (spec.virtual_machine, m.virtual_machine) {
+        (None, _) => None,
+        (Some(want), Some(is)) if want == is => None,
+        (Some(true), Some(false)) => Some(
+            "the claim is about a virtual machine and this host is physical (its processor shows \
+             no hypervisor)"
+                .into(),
+        ),
+        (Some(false), Some(true)) => Some(
+            "the claim is about a physical server and this host is a virtual machine (its \
+             processor shows a hypervisor)"
+                .into(),
+        ),
+        (Some(want), _) => Some(format!(
+            "the claim is about a {} and whether this host is one could not be told",
+            if want {
+                "virtual machine"
+            } else {
+                "physical server"
+            }
+        )),
+    };
+    fit
+}
+
+/// Applies the claim's hardware to a verdict drawn from the measurements.
+fn against_host(spec: &HostSpec, m: &Machine, verdict: Verdict, why: String) -> (Verdict, String) {
+    let fit = host_fit(spec, m);
+    if let Some(kind) = fit.wrong_kind {
+        return match verdict {
+            Verdict::Inconclusive => (verdict, format!("{why}; besides, {kind}")),
+            _ => (
+                Verdict::Inconclusive,
+                format!(
+                    "{kind}, so the run does not test the claim; the objective {} there: {why}",
+                    if verdict == Verdict::Holds {
+                        "held"
+                    } else {
+                        "did not hold"
+                    }
+                ),
+            ),
+        };
+    }
+    if fit.short.is_empty() {
+        return (
+            verdict,
+            format!("{why} (the host meets the claim's: {})", spec.text),
+        );
+    }
+    let short = fit.short.join(", ");
+    match verdict {
+        Verdict::Holds => (
+            verdict,
+            format!(
+                "{why}, on a host short of the claim's ({short}; the claim is about {}): one \
+                 that meets it has more to carry the load with",
+                spec.text
+            ),
+        ),
+        Verdict::DoesNotHold => (
+            Verdict::Inconclusive,
+            format!(
+                "the objective did not hold, but this host falls short of the hardware the claim \
+                 is about ({short}; the claim is about {}), so the run does not test the claim; \
+                 run it on a host that meets it: {why}",
+                spec.text
+            ),
+        ),
+        Verdict::Inconclusive => (verdict, format!("{why}; besides, the host has {short}")),
+    }
 }
 
 /// What a stepped run found.
@@ -278,27 +441,40 @@ pub fn invalid_because(result: &RunResult) -> Option<String> {
 ///
 /// The judged step is the one at the claim's user count, else the last
 /// step. The claim holds when that step carried at least the claimed users
-/// and met the objective, in a valid run.
+/// and met the objective, in a valid run; it does not hold when the step
+/// broke the objective in a valid run on a host that can test the claim.
+/// Anything else is inconclusive (see the module's documentation).
 pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
     let claim = result.claim.as_ref()?;
     let slo = &result.slo;
+    let on = claim
+        .host
+        .as_ref()
+        .map(|h| format!(" on {}", h.text))
+        .unwrap_or_default();
     let target = format!(
-        "{} users: p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors ≤ {} %, nothing lost, duplicated or reordered",
+        "{} users{on}: p99 delivery ≤ {} ms, p99 post ack ≤ {} ms, p99 history ≤ {} ms, errors ≤ {} %, nothing lost, duplicated or reordered",
         claim.users, slo.p99_delivery_ms, slo.p99_post_ack_ms, slo.p99_history_ms, slo.max_error_pct
     );
-    let verdict = |measured: String, holds: bool, why: String| ClaimVerdict {
-        claim: claim.text.clone(),
-        target: target.clone(),
-        measured,
-        holds,
-        why,
+    let verdict = |measured: String, verdict: Verdict, why: String| {
+        let (verdict, why) = match &claim.host {
+            Some(spec) => against_host(spec, &result.machine, verdict, why),
+            None => (verdict, why),
+        };
+        ClaimVerdict {
+            claim: claim.text.clone(),
+            target: target.clone(),
+            measured,
+            verdict,
+            why,
+        }
     };
     let exact = result.steps.iter().find(|s| s.users == claim.users);
     if exact.is_none() {
         if let Some(n) = result.not_run.iter().find(|n| n.users == claim.users) {
             return Some(verdict(
                 "not measured".into(),
-                false,
+                Verdict::Inconclusive,
                 format!("not verifiable on this host: {}", n.reason),
             ));
         }
@@ -306,7 +482,7 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
     let Some(step) = exact.or(result.steps.last()) else {
         return Some(verdict(
             "not measured".into(),
-            false,
+            Verdict::Inconclusive,
             match &result.ended_because {
                 Some(why) => format!(
                     "no step ran at {} users: the run ended before its first step completed ({why})",
@@ -326,11 +502,11 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    let (holds, why) = if let Some(reason) = invalid_because(result) {
-        (false, reason)
+    let (outcome, why) = if let Some(reason) = invalid_because(result) {
+        (Verdict::Inconclusive, reason)
     } else if step.users < claim.users {
         (
-            false,
+            Verdict::Inconclusive,
             format!(
                 "no step ran at {} users: the run reached {} users",
                 claim.users, step.users
@@ -338,16 +514,16 @@ pub fn claim_verdict(result: &RunResult) -> Option<ClaimVerdict> {
         )
     } else if step.users > claim.users && j.holds {
         (
-            true,
+            Verdict::Holds,
             format!(
                 "the objective held at {} users, more than the claim's {}",
                 step.users, claim.users
             ),
         )
     } else {
-        (j.holds, j.why)
+        (Verdict::of(j.holds), j.why)
     };
-    Some(verdict(measured, holds, why))
+    Some(verdict(measured, outcome, why))
 }
 
 /// The capacity a stepped run found: the heaviest step that met the
@@ -495,6 +671,7 @@ mod tests {
             claim: claim.map(|users| Claim {
                 text: "the claim".into(),
                 users,
+                host: None,
             }),
             slo: Slo::default(),
             seed: 1,
@@ -679,38 +856,38 @@ mod tests {
     #[test]
     fn a_claim_holds_only_at_its_users_in_a_valid_run() {
         let v = claim_verdict(&result(vec![step(20_000, 50.0)], Some(20_000))).unwrap();
-        assert!(v.holds, "{}", v.why);
+        assert_eq!(v.verdict, Verdict::Holds, "{}", v.why);
         assert!(v.measured.starts_with("at 20000 users: delivery latency"));
         assert!(v.target.starts_with("20000 users: p99 delivery ≤ 250 ms"));
 
         let v = claim_verdict(&result(vec![step(20_000, 300.0)], Some(20_000))).unwrap();
         assert!(
-            !v.holds && v.why.starts_with("delivery latency"),
+            v.verdict == Verdict::DoesNotHold && v.why.starts_with("delivery latency"),
             "{}",
             v.why
         );
 
         // The step at the claim's users is judged, not the last one.
         let r = result(vec![step(20_000, 50.0), step(25_000, 900.0)], Some(20_000));
-        assert!(claim_verdict(&r).unwrap().holds);
+        assert!(claim_verdict(&r).unwrap().holds());
 
         // Without it, the last step; short of the claim, it cannot hold.
         let v = claim_verdict(&result(vec![step(2_000, 50.0)], Some(20_000))).unwrap();
-        assert!(!v.holds);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
         assert_eq!(
             v.why,
             "no step ran at 20000 users: the run reached 2000 users"
         );
         let v = claim_verdict(&result(vec![step(25_000, 50.0)], Some(20_000))).unwrap();
-        assert!(v.holds, "{}", v.why);
+        assert_eq!(v.verdict, Verdict::Holds, "{}", v.why);
 
         let v = claim_verdict(&result(vec![], Some(20_000))).unwrap();
-        assert!(!v.holds && v.measured == "not measured");
+        assert!(v.verdict == Verdict::Inconclusive && v.measured == "not measured");
         // A step whose users were still joining did not carry its load.
         let mut short = step(20_000, 50.0);
         short.arrived_users = Some(2_100);
         let v = claim_verdict(&result(vec![short], Some(20_000))).unwrap();
-        assert!(!v.holds);
+        assert_eq!(v.verdict, Verdict::DoesNotHold);
         assert_eq!(
             v.why,
             "load: 2100 of 20000 users had joined their rooms when the steady window began \
@@ -720,7 +897,7 @@ mod tests {
         let mut r = result(vec![], Some(20_000));
         r.ended_because = Some("step 1 failed: provision the workload: timed out".into());
         let v = claim_verdict(&r).unwrap();
-        assert!(!v.holds);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
         assert!(
             v.why
                 .ends_with("(step 1 failed: provision the workload: timed out)"),
@@ -736,12 +913,170 @@ mod tests {
         });
         let v = claim_verdict(&r).unwrap();
         assert!(
-            !v.holds && v.why.starts_with("not verifiable on this host"),
+            v.verdict == Verdict::Inconclusive && v.why.starts_with("not verifiable on this host"),
             "{}",
             v.why
         );
 
         assert!(claim_verdict(&result(vec![step(10, 50.0)], None)).is_none());
+    }
+
+    /// The vendor's recommended server, as node-20k names it.
+    fn recommended(virtual_machine: Option<bool>) -> HostSpec {
+        HostSpec {
+            text: "the recommended server".into(),
+            cores: Some(12),
+            memory_gib: Some(32.0),
+            cpu_ghz: Some(2.26),
+            virtual_machine,
+        }
+    }
+
+    /// This project's measuring VM: 2 logical CPUs, 23.5 GiB, 2.6 GHz.
+    fn small_vm() -> Machine {
+        Machine {
+            cores: 2,
+            memory_gib: 23.5,
+            cpu_mhz: Some(2596.1),
+            virtual_machine: Some(true),
+            ..Machine::default()
+        }
+    }
+
+    fn on_host(delivery_p99: f64, spec: HostSpec, machine: Machine) -> ClaimVerdict {
+        let mut r = result(vec![step(20_000, delivery_p99)], Some(20_000));
+        r.claim.as_mut().unwrap().host = Some(spec);
+        r.machine = machine;
+        claim_verdict(&r).unwrap()
+    }
+
+    #[test]
+    fn a_host_short_of_the_claims_can_show_it_holds_but_not_that_it_fails() {
+        let v = on_host(300.0, recommended(None), small_vm());
+        assert_eq!(v.verdict, Verdict::Inconclusive, "{}", v.why);
+        assert!(
+            v.target
+                .starts_with("20000 users on the recommended server: p99"),
+            "{}",
+            v.target
+        );
+        assert!(
+            v.why.starts_with(
+                "the objective did not hold, but this host falls short of the hardware the \
+                 claim is about (2 of 12 logical CPUs, 23.5 of 32 GiB of memory; the claim is \
+                 about the recommended server)"
+            ),
+            "{}",
+            v.why
+        );
+        // What broke is still said.
+        assert!(v.why.ends_with("(target p99 ≤ 250 ms)"), "{}", v.why);
+
+        let v = on_host(50.0, recommended(None), small_vm());
+        assert_eq!(v.verdict, Verdict::Holds, "{}", v.why);
+        assert!(
+            v.why.contains("on a host short of the claim's (2 of 12"),
+            "{}",
+            v.why
+        );
+
+        // A host that meets it (MemTotal a little under the installed 32
+        // GiB, a clock equal to the figure within rounding) is a test.
+        let big = Machine {
+            cores: 16,
+            memory_gib: 31.3,
+            cpu_mhz: Some(2259.8),
+            virtual_machine: Some(false),
+            ..Machine::default()
+        };
+        let v = on_host(300.0, recommended(None), big.clone());
+        assert_eq!(v.verdict, Verdict::DoesNotHold, "{}", v.why);
+        assert!(
+            v.why
+                .ends_with("(the host meets the claim's: the recommended server)"),
+            "{}",
+            v.why
+        );
+        assert!(host_fit(&recommended(None), &big).meets());
+
+        // A clock that is slower, or not known, falls short.
+        let slow = Machine {
+            cpu_mhz: Some(2000.0),
+            ..big.clone()
+        };
+        assert_eq!(
+            host_fit(&recommended(None), &slow).short,
+            ["a 2.00 GHz processor against 2.26 GHz"]
+        );
+        let unknown = Machine {
+            cpu_mhz: None,
+            memory_gib: 0.0,
+            ..big
+        };
+        assert_eq!(
+            host_fit(&recommended(None), &unknown).short,
+            ["memory not known", "processor clock not known"]
+        );
+
+        // Whatever else left the run inconclusive stays so, and says the host too.
+        let mut r = result(vec![step(20_000, 300.0)], Some(20_000));
+        r.claim.as_mut().unwrap().host = Some(recommended(None));
+        r.machine = small_vm();
+        r.generator.saturated = true;
+        let v = claim_verdict(&r).unwrap();
+        assert_eq!(v.verdict, Verdict::Inconclusive);
+        assert!(
+            v.why.starts_with("invalid run")
+                && v.why.ends_with(
+                    "besides, the host has 2 of 12 logical CPUs, 23.5 of 32 GiB of memory"
+                ),
+            "{}",
+            v.why
+        );
+    }
+
+    #[test]
+    fn a_claim_about_a_virtual_machine_is_tested_only_on_one() {
+        let big_vm = Machine {
+            cores: 12,
+            memory_gib: 31.5,
+            cpu_mhz: Some(2600.0),
+            virtual_machine: Some(true),
+            ..Machine::default()
+        };
+        let v = on_host(50.0, recommended(Some(true)), big_vm.clone());
+        assert_eq!(v.verdict, Verdict::Holds, "{}", v.why);
+        let v = on_host(300.0, recommended(Some(true)), big_vm.clone());
+        assert_eq!(v.verdict, Verdict::DoesNotHold, "{}", v.why);
+
+        // On a physical host, or one that could not be told, it neither
+        // holds nor fails, however the objective came out.
+        for (is, words) in [
+            (Some(false), "this host is physical"),
+            (None, "whether this host is one could not be told"),
+        ] {
+            for p99 in [50.0, 300.0] {
+                let host = Machine {
+                    virtual_machine: is,
+                    ..big_vm.clone()
+                };
+                let v = on_host(p99, recommended(Some(true)), host);
+                assert_eq!(v.verdict, Verdict::Inconclusive, "{}", v.why);
+                assert!(
+                    v.why.contains(words) && v.why.contains("does not test the claim"),
+                    "{}",
+                    v.why
+                );
+            }
+        }
+        // And a claim about a physical server is not tested on a VM.
+        let v = on_host(50.0, recommended(Some(false)), big_vm);
+        assert_eq!(v.verdict, Verdict::Inconclusive, "{}", v.why);
+        assert!(
+            v.why.contains("this host is a virtual machine"),
+            "{}",
+            v.why
+        );
     }
 
     #[test]
@@ -750,7 +1085,7 @@ mod tests {
         r.generator.saturated = true;
         r.generator.reason = Some("CPU at 100 % for 30 s".into());
         let v = claim_verdict(&r).unwrap();
-        assert!(!v.holds);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
         assert_eq!(
             v.why,
             "invalid run: the load generator saturated (CPU at 100 % for 30 s)"
@@ -760,7 +1095,7 @@ mod tests {
         r.completed = false;
         r.ended_because = Some("interrupted (Ctrl-C)".into());
         let v = claim_verdict(&r).unwrap();
-        assert!(!v.holds);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
         assert_eq!(
             v.why,
             "invalid run: it did not complete (interrupted (Ctrl-C))"
@@ -769,7 +1104,7 @@ mod tests {
         let mut r = result(vec![step(20_000, 50.0)], Some(20_000));
         r.limits_hit.push("open files: 1024".into());
         let v = claim_verdict(&r).unwrap();
-        assert!(!v.holds && v.why.starts_with("invalid run: host limit"));
+        assert!(v.verdict == Verdict::Inconclusive && v.why.starts_with("invalid run: host limit"));
     }
 
     #[test]

@@ -403,10 +403,10 @@ fn run_scenario(
     for v in &input.verdicts {
         lines.push(format!(
             "  {} {} — {}",
-            if v.holds {
-                "HOLDS        "
-            } else {
-                "DOES NOT HOLD"
+            match v.verdict {
+                reports::Verdict::Holds => "HOLDS        ",
+                reports::Verdict::DoesNotHold => "DOES NOT HOLD",
+                reports::Verdict::Inconclusive => "INCONCLUSIVE ",
             },
             v.claim,
             v.why
@@ -539,21 +539,21 @@ fn fault_verdict(
             "failover loses no acknowledged message (recovery point zero)".into()
         }
     };
-    let (holds, why) = if !struck {
+    let (verdict, why) = if !struck {
         (
-            false,
+            reports::Verdict::Inconclusive,
             "the fault did not strike as planned (see the notes)".to_owned(),
         )
     } else if result.steps.is_empty() {
-        (false, "no step ran".to_owned())
+        (reports::Verdict::Inconclusive, "no step ran".to_owned())
     } else if clean {
         (
-            true,
+            reports::Verdict::Holds,
             "every owed delivery arrived once and in order".to_owned(),
         )
     } else {
         (
-            false,
+            reports::Verdict::DoesNotHold,
             "the checker found lost, duplicated or reordered messages or gaps".to_owned(),
         )
     };
@@ -563,7 +563,7 @@ fn fault_verdict(
         measured: format!(
             "{lost} lost of {owed} owed deliveries, {dup} duplicated, {reord} reordered, {gaps} gaps"
         ),
-        holds,
+        verdict,
         why,
     }
 }
@@ -646,16 +646,16 @@ pub fn report_input(
             claim: v.claim,
             target: v.target,
             measured: v.measured,
-            holds: v.holds,
+            verdict: v.verdict,
             why: v.why,
         });
     }
     let invalid = verdict::invalid_because(&result);
     for step in &result.steps {
         let j = verdict::judge(step, &result.slo);
-        let (holds, why) = match &invalid {
-            Some(reason) => (false, reason.clone()),
-            None => (j.holds, j.why.clone()),
+        let (verdict, why) = match &invalid {
+            Some(reason) => (reports::Verdict::Inconclusive, reason.clone()),
+            None => (reports::Verdict::of(j.holds), j.why.clone()),
         };
         verdicts.push(reports::VerdictRow {
             claim: format!("objective met at {} active users", step.users),
@@ -669,7 +669,7 @@ pub fn report_input(
                 .map(|c| format!("{}: {}", c.what, c.measured))
                 .collect::<Vec<_>>()
                 .join("; "),
-            holds,
+            verdict,
             why,
         });
     }
@@ -970,9 +970,38 @@ mod tests {
     #[test]
     fn a_short_real_run_produces_a_clean_checked_report() {
         let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let result = short_run(None, None);
+        // A claim about a host far bigger than any here: the run can show
+        // that it holds, never that it fails.
+        let claim = scenarios::Claim {
+            text: "300 users on a big host".into(),
+            users: USERS,
+            host: Some(scenarios::HostSpec {
+                text: "a host of 4,096 logical CPUs".into(),
+                cores: Some(4_096),
+                ..Default::default()
+            }),
+        };
+        let result = short_run_of(None, None, &[], |spec| spec.claim = Some(claim), &|_| true);
         let step = result.steps[0].clone();
         assert_eq!(step.endpoints, 450);
+        // The machine is recorded as the verdict needs it.
+        let m = &result.machine;
+        assert!(m.cores > 0 && m.memory_gib > 0.0, "{m:?}");
+        if cfg!(target_arch = "x86_64") {
+            assert!(m.virtual_machine.is_some(), "x86 lists its flags: {m:?}");
+        }
+        let v = verdict::claim_verdict(&result).expect("a claim verdict");
+        let want = if verdict::judge(&step, &result.slo).holds {
+            verdict::Verdict::Holds
+        } else {
+            verdict::Verdict::Inconclusive
+        };
+        assert_eq!(v.verdict, want, "{}", v.why);
+        assert!(
+            v.why.contains(&format!("{} of 4096 logical CPUs", m.cores)),
+            "{}",
+            v.why
+        );
         let c = &step.correctness;
         assert!(
             c.acknowledged > 20,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use reports::{Knee, ReportInput, VerdictRow};
+use reports::{Knee, ReportInput, Verdict, VerdictRow};
 use scenarios::results::{
     Correctness, GeneratorHealth, Latency, Machine, RunResult, Sample, Step, RESULTS_SCHEMA,
 };
@@ -224,6 +224,7 @@ pub fn synthetic_run() -> RunResult {
         claim: Some(Claim {
             text: "20,000 active users per front end".to_string(),
             users: 20_000,
+            host: None,
         }),
         slo: Slo::default(),
         seed: 42,
@@ -235,6 +236,8 @@ pub fn synthetic_run() -> RunResult {
             memory_gib: 24.0,
             kernel: "6.1.0-test".to_string(),
             fd_limit: (1_048_576, 1_048_576),
+            cpu_mhz: Some(3000.0),
+            virtual_machine: Some(false),
         },
         command: "loadgen run --scenario knee-test --seed 42 | tee log".to_string(),
         started_at: "2026-12-01T10:00:00Z".to_string(),
@@ -267,29 +270,36 @@ pub fn synthetic_verdicts() -> Vec<VerdictRow> {
             claim: "p99 delivery at 20,000 users".to_string(),
             target: "≤ 250 ms".to_string(),
             measured: "123 ms".to_string(),
-            holds: true,
+            verdict: Verdict::Holds,
             why: "steady window 280–380 s: p99 <= 250 ms & no gap".to_string(),
         },
         VerdictRow {
             claim: "p99 post acknowledgement at 20,000 users".to_string(),
             target: "≤ 200 ms".to_string(),
             measured: "59.3 ms".to_string(),
-            holds: true,
+            verdict: Verdict::Holds,
             why: "steady window 280–380 s".to_string(),
         },
         VerdictRow {
             claim: "errors at 20,000 users".to_string(),
             target: "≤ 0.1 %".to_string(),
             measured: "0.001 %".to_string(),
-            holds: true,
+            verdict: Verdict::Holds,
             why: "6 of 781,600 operations failed (4 timeout, 2 http:503)".to_string(),
         },
         VerdictRow {
             claim: "delivery correctness at 20,000 users".to_string(),
             target: "nothing lost, duplicated or reordered".to_string(),
             measured: "1 reordered".to_string(),
-            holds: false,
+            verdict: Verdict::DoesNotHold,
             why: "room 17: endpoint 4411 received seq 9002 before seq 9001".to_string(),
+        },
+        VerdictRow {
+            claim: "20,000 active users per front end".to_string(),
+            target: "20,000 users on the recommended server".to_string(),
+            measured: "p99 delivery 123 ms".to_string(),
+            verdict: Verdict::Inconclusive,
+            why: "the host has 2 of 12 logical CPUs".to_string(),
         },
     ]
 }
