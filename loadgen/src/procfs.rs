@@ -257,10 +257,7 @@ fn read_ticks(pids: &[u32]) -> std::collections::HashMap<(u32, u64), u64> {
 /// What this machine is, from /proc and the kernel.
 pub fn machine() -> scenarios::results::Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
+    let cpu_model = cpuinfo_field(&cpuinfo, "model name")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism()
@@ -298,12 +295,17 @@ pub fn machine() -> scenarios::results::Machine {
     }
 }
 
-/// The first processor's clock as /proc/cpuinfo gives it (`cpu MHz`).
-fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
+/// The value of the first processor's `key` line in /proc/cpuinfo.
+fn cpuinfo_field<'a>(cpuinfo: &'a str, key: &str) -> Option<&'a str> {
     cpuinfo
         .lines()
-        .find(|l| l.starts_with("cpu MHz"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split(':').nth(1))
+}
+
+/// The first processor's clock as /proc/cpuinfo gives it (`cpu MHz`).
+fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo_field(cpuinfo, "cpu MHz")
         .and_then(|v| v.trim().parse().ok())
         .filter(|mhz: &f64| *mhz > 0.0)
 }
@@ -313,10 +315,7 @@ fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
 /// physical processor does. `None` where the file lists no flags (another
 /// architecture, or no /proc): then it cannot be told.
 fn under_hypervisor(cpuinfo: &str) -> Option<bool> {
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split(':').nth(1))?;
+    let flags = cpuinfo_field(cpuinfo, "flags")?;
     Some(flags.split_whitespace().any(|f| f == "hypervisor"))
 }
 

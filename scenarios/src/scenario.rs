@@ -506,10 +506,20 @@ impl Checker<'_> {
     }
 
     fn millis(&self, field: &str, v: &Option<Spanned<f64>>, default: f64) -> Result<f64, Located> {
+        Ok(self.positive(field, v, "milliseconds")?.unwrap_or(default))
+    }
+
+    /// A number more than zero, in `unit`, if given.
+    fn positive(
+        &self,
+        field: &str,
+        v: &Option<Spanned<f64>>,
+        unit: &str,
+    ) -> Result<Option<f64>, Located> {
         match v {
-            None => Ok(default),
-            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => Ok(*v.get_ref()),
-            Some(v) => Err(self.bad(field, v, "must be more than zero milliseconds")),
+            None => Ok(None),
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => Ok(Some(*v.get_ref())),
+            Some(v) => Err(self.bad(field, v, format!("must be more than zero {unit}"))),
         }
     }
 }
@@ -536,16 +546,11 @@ impl RawHost {
                 }
             },
         };
-        let positive = |field: &str, v: Option<Spanned<f64>>, unit: &str| match v {
-            None => Ok(None),
-            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => Ok(Some(*v.get_ref())),
-            Some(v) => Err(c.bad(field, &v, format!("must be more than zero {unit}"))),
-        };
         Ok(HostSpec {
             text: self.text.into_inner(),
             cores,
-            memory_gib: positive("claim.host.memory_gib", self.memory_gib, "GiB")?,
-            cpu_ghz: positive("claim.host.cpu_ghz", self.cpu_ghz, "GHz")?,
+            memory_gib: c.positive("claim.host.memory_gib", &self.memory_gib, "GiB")?,
+            cpu_ghz: c.positive("claim.host.cpu_ghz", &self.cpu_ghz, "GHz")?,
             virtual_machine: self.virtual_machine,
         })
     }

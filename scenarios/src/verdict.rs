@@ -83,12 +83,6 @@ pub struct ClaimVerdict {
     pub why: String,
 }
 
-impl ClaimVerdict {
-    pub fn holds(&self) -> bool {
-        self.verdict == Verdict::Holds
-    }
-}
-
 /// MemTotal, which the machine's memory is read from, leaves out what the
 /// firmware and the kernel keep for themselves: a 32 GiB server shows about
 /// 31.3 GiB. A host whose MemTotal is within this share of a specification
@@ -104,12 +98,6 @@ pub struct HostFit {
     /// Why the machine is of the wrong kind (physical for a claim about a
     /// virtual machine, or the other way round, or not known), if it is.
     pub wrong_kind: Option<String>,
-}
-
-impl HostFit {
-    pub fn meets(&self) -> bool {
-        self.short.is_empty() && self.wrong_kind.is_none()
-    }
 }
 
 /// Compares the measured machine with a claim's hardware, field by field.
@@ -869,7 +857,7 @@ mod tests {
 
         // The step at the claim's users is judged, not the last one.
         let r = result(vec![step(20_000, 50.0), step(25_000, 900.0)], Some(20_000));
-        assert!(claim_verdict(&r).unwrap().holds());
+        assert_eq!(claim_verdict(&r).unwrap().verdict, Verdict::Holds);
 
         // Without it, the last step; short of the claim, it cannot hold.
         let v = claim_verdict(&result(vec![step(2_000, 50.0)], Some(20_000))).unwrap();
@@ -997,7 +985,7 @@ mod tests {
             "{}",
             v.why
         );
-        assert!(host_fit(&recommended(None), &big).meets());
+        assert_eq!(host_fit(&recommended(None), &big), HostFit::default());
 
         // A clock that is slower, or not known, falls short.
         let slow = Machine {
