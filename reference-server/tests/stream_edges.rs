@@ -3,13 +3,15 @@
 //! was away (PC-9.1a, PC-9.4d; found by a knee run), an oversized client
 //! frame (PC-9.6b), a slow consumer's Close kept for it while it does not
 //! read (PC-9.6c), the closing handshake (PC-9.7a), and syntax checked
-//! before fields (PC-3.2a).
+//! before fields (PC-3.2a), and the node's stream limit under streams
+//! started at once (PC-2.4a, `limits.max_connections`; found by a CI run
+//! of the sizing test that admitted one stream over the limit).
 
 mod support;
 
 use std::time::Duration;
 
-use pchat_protocol::client::StreamItem;
+use pchat_protocol::client::{Client, ClientError, EventStream, StreamItem};
 use pchat_protocol::Event;
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -243,4 +245,100 @@ async fn slow_consumer_reads_again(workers: &str) {
         (last + 1..=posted).collect::<Vec<_>>(),
         "{workers} workers: messages after the resume"
     );
+}
+
+/// How a stream start ended: connected (its first event read), or refused
+/// with this HTTP status before the upgrade.
+async fn start_stream(
+    user: &Client,
+    endpoint: String,
+    resume: &[(u64, u64)],
+) -> Result<EventStream, u16> {
+    match user.stream(&endpoint, resume).await {
+        Ok(mut stream) => match next_event(&mut stream, 10).await {
+            StreamItem::Event(Event::Ready { .. }) => Ok(stream),
+            other => panic!("a connected stream starts with ready: {other:?}"),
+        },
+        Err(ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("stream start failed otherwise: {e}"),
+    }
+}
+
+/// PC-2.4a for the reference server's `limits.max_connections` (§2): many streams started at the same
+/// moment are admitted up to the limit and not one more; the others are
+/// refused with 503 before the upgrade. A slot comes free when a stream
+/// ends, and is taken again by the next start.
+///
+/// The starts resume a room with a message to replay, and the stream gate
+/// lets one replay run at a time (PC-2.4b), so each start waits a while
+/// between its admission and its connection: a server that checked its
+/// count of connected streams at admission, and counted a stream only once
+/// connected, would let them all through.
+#[tokio::test]
+async fn streams_started_at_once_never_exceed_the_connection_limit() {
+    const LIMIT: usize = 4;
+    const USERS: usize = 8;
+    const ENDPOINTS: usize = 4;
+    let server = TestServer::start_with(&[
+        ("PCHAT_LIMITS__MAX_CONNECTIONS", &LIMIT.to_string()),
+        ("PCHAT_ADMISSION__STREAM__CONCURRENCY", "1"),
+    ])
+    .await;
+    let names: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (users, room) = server.lobby(&names).await;
+    for user in &users {
+        for e in 0..ENDPOINTS {
+            user.join(room, &format!("e{e}"), None).await.unwrap();
+        }
+    }
+    users[0]
+        .post_message(room, &post("to replay"))
+        .await
+        .unwrap();
+    let resume = [(room, 0)];
+    let resume = &resume;
+    let starts = users
+        .iter()
+        .flat_map(|u| (0..ENDPOINTS).map(move |e| start_stream(u, format!("e{e}"), resume)));
+    let outcomes = futures_util::future::join_all(starts).await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(stream) => open.push(stream),
+            Err(503) => refused += 1,
+            Err(status) => panic!("a refused start answers 503, not {status}"),
+        }
+    }
+    assert_eq!(open.len(), LIMIT, "streams admitted at once");
+    assert_eq!(refused, USERS * ENDPOINTS - LIMIT);
+    assert_eq!(
+        metric(&server, "pchat_stream_connections").await,
+        LIMIT as f64
+    );
+
+    // Full: one more is refused; once a stream ends, its slot is free again.
+    assert_eq!(
+        start_stream(&users[0], "late".into(), &[]).await.err(),
+        Some(503)
+    );
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match start_stream(&users[0], "late".into(), &[]).await {
+            Ok(stream) => break stream,
+            Err(503) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(status) => panic!("the freed slot was not given again: {status}"),
+        }
+    };
+    assert_eq!(
+        start_stream(&users[1], "later".into(), &[]).await.err(),
+        Some(503)
+    );
+    drop(again);
 }

@@ -103,6 +103,11 @@ pub struct App {
     pub workers: Option<Arc<crate::relay::Workers>>,
     /// Bounds on the work a reconnect storm multiplies (PC-2.4b).
     pub admission: crate::admission::Admission,
+    /// One permit per stream the node may hold (`limits.max_connections`).
+    /// A stream start takes its permit before the upgrade and the stream
+    /// holds it until it ends, so the check and the count are one step and
+    /// simultaneous upgrades cannot pass the limit together.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
     dir: RwLock<Directory>,
     settings: RwLock<Settings>,
     admin_lock: tokio::sync::Mutex<()>,
@@ -178,8 +183,15 @@ impl App {
             }
         };
         let admission = crate::admission::Admission::new(&config.admission, &metrics);
+        let stream_slots = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .limits
+                .max_connections
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Arc::new(App {
             admission,
+            stream_slots,
             config,
             store,
             hub,

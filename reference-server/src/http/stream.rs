@@ -133,14 +133,16 @@ pub async fn stream(
     let resume = parse_resume(q.resume.as_deref())?;
     let ws =
         ws.map_err(|r| ApiError::invalid("upgrade", format!("expected a WebSocket upgrade: {r}")))?;
-    if app.metrics.connections.get() as usize >= app.config.limits.max_connections {
+    // Taken here and held by the stream until it ends; dropped with the
+    // request if the upgrade never completes.
+    let slot = app.stream_slots.clone().try_acquire_owned().map_err(|_| {
         let mut e = ApiError::new(
             ErrorCode::Busy,
             "the server holds as many streams as it may",
         );
         e.retry_after_ms = Some(5000);
-        return Err(e);
-    }
+        e
+    })?;
     // Sessions count whether connected or lingering (PC-9.1).
     let (exists, count) = app.hub.sessions_of(caller.id, &endpoint);
     if !exists && count >= app.config.limits.max_endpoints_per_user {
@@ -173,6 +175,7 @@ pub async fn stream(
     Ok(ws.on_upgrade(move |socket| async move {
         let socket = hand_over(&app, socket, handle);
         Connection::run(app, caller, hold, resume, socket, turn).await;
+        drop(slot);
     }))
 }
 
