@@ -2,10 +2,10 @@
 //! the stream connects (PC-9.3b), a session that expired while its client
 //! was away (PC-9.1a, PC-9.4d; found by a knee run), an oversized client
 //! frame (PC-9.6b), a slow consumer's Close kept for it while it does not
-//! read (PC-9.6c), the closing handshake (PC-9.7a), and syntax checked
-//! before fields (PC-3.2a), and the node's stream limit under streams
-//! started at once (PC-2.4a, `limits.max_connections`; found by a CI run
-//! of the sizing test that admitted one stream over the limit).
+//! read (PC-9.6c), the closing handshake (PC-9.7a), syntax checked before
+//! fields (PC-3.2a), and the node's stream limit under streams started at
+//! once (PC-2.4a, `limits.max_connections`; found by a CI run of the
+//! sizing test that admitted one stream over the limit).
 
 mod support;
 
@@ -266,10 +266,11 @@ async fn start_stream(
     }
 }
 
-/// PC-2.4a for the reference server's `limits.max_connections` (§2): many streams started at the same
-/// moment are admitted up to the limit and not one more; the others are
-/// refused with 503 before the upgrade. A slot comes free when a stream
-/// ends, and is taken again by the next start.
+/// PC-2.4a for the reference server's `limits.max_connections` (§2): many
+/// streams started at the same moment are admitted up to the limit and
+/// not one more; the others are refused with 503 before the upgrade. A
+/// slot comes free when a stream ends, and is taken again by the next
+/// start.
 ///
 /// The starts resume a room with a message to replay, and the stream gate
 /// lets one replay run at a time (PC-2.4b), so each start waits a while
