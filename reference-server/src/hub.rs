@@ -400,6 +400,11 @@ pub enum Note {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// `Hub::session` refused a new session: the user has as many as the
+/// limit allows (PC-9.1c).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyEndpoints;
+
 /// A request's use of a session (`Hub::session`): while it is held the
 /// session does not expire. Dropping the last hold of a session that has no
 /// stream starts its linger.
@@ -836,7 +841,18 @@ impl Hub {
     /// lingers from then when no stream is attached (PC-9.1a). A session
     /// that has begun to expire is never handed out; a new one takes its
     /// place.
-    pub fn session(self: &Arc<Self>, user: UserId, user_name: &str, endpoint: &str) -> SessionHold {
+    ///
+    /// A new session is refused when the user already has `limit` others
+    /// (PC-9.1c). The count and the insertion happen under the sessions
+    /// lock, so requests racing for the same user's last place cannot all
+    /// take it.
+    pub fn session(
+        self: &Arc<Self>,
+        user: UserId,
+        user_name: &str,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<SessionHold, TooManyEndpoints> {
         let key = (user, endpoint.to_owned());
         let mut sessions = self.sessions.lock().expect("sessions lock poisoned");
         if let Some(s) = sessions.get(&key) {
@@ -844,10 +860,10 @@ impl Hub {
             if !st.expired {
                 st.holds += 1;
                 drop(st);
-                return SessionHold {
+                return Ok(SessionHold {
                     hub: Arc::clone(self),
                     session: s.clone(),
-                };
+                });
             }
         }
         let s = Arc::new(Session {
@@ -859,13 +875,22 @@ impl Hub {
                 ..SessionState::default()
             }),
         });
-        sessions.insert(key, s.clone());
-        drop(sessions);
         // A user already online through another node keeps the presence
         // set there (its endpoints may have moved here).
         let elsewhere = self.presence_elsewhere(user);
         let first = {
+            // Taken inside the sessions lock: nothing takes the sessions
+            // lock while it holds the users lock (or the presence lock).
             let mut users = self.users.lock().expect("users lock poisoned");
+            let others = users.get(&user).map_or(0, |u| {
+                // An expiring session of this endpoint is being replaced.
+                u.sessions.iter().filter(|o| o.endpoint != endpoint).count()
+            });
+            if others >= limit {
+                return Err(TooManyEndpoints);
+            }
+            sessions.insert(key, s.clone());
+            drop(sessions);
             let u = users.entry(user).or_insert_with(|| UserLive {
                 presence: elsewhere.unwrap_or_default(),
                 ..UserLive::default()
@@ -884,10 +909,10 @@ impl Hub {
         self.metrics.sessions.inc();
         // A session made by a join without a stream lingers like a dropped
         // one, from when the hold is dropped.
-        SessionHold {
+        Ok(SessionHold {
             hub: Arc::clone(self),
             session: s,
-        }
+        })
     }
 
     /// Whether (user, endpoint) has a session, and how many sessions the user has.
@@ -1440,7 +1465,7 @@ mod tests {
         let expired = || hub.metrics.sessions_expired.get();
 
         // A join without a stream: the session lingers from its answer.
-        let hold = hub.session(user, "ann", "e0");
+        let hold = hub.session(user, "ann", "e0", 16).unwrap();
         hub.join(room, hold.session(), 75);
         let session = hold.session().clone();
         drop(hold);
@@ -1448,7 +1473,7 @@ mod tests {
         // Most of the linger later a stream starts; the old timer fires
         // while it is still being set up.
         tokio::time::sleep(linger * 9 / 10).await;
-        let hold = hub.session(user, "ann", "e0");
+        let hold = hub.session(user, "ann", "e0", 16).unwrap();
         assert!(Arc::ptr_eq(hold.session(), &session));
         tokio::time::sleep(linger).await;
         assert_eq!(expired(), 0);
@@ -1468,8 +1493,35 @@ mod tests {
         assert!(session.rooms().is_empty());
         assert_eq!(hub.participant_count(room), 0);
         // The next request gets a new session, not the expired one.
-        let hold = hub.session(user, "ann", "e0");
+        let hold = hub.session(user, "ann", "e0", 16).unwrap();
         assert!(!Arc::ptr_eq(hold.session(), &session));
+    }
+
+    /// PC-9.1c in the hub: a user's sessions stop at the limit, an existing
+    /// one is still handed out at the limit, and an expired one frees its
+    /// place.
+    #[tokio::test(start_paused = true)]
+    async fn a_user_gets_no_session_beyond_the_limit_until_one_expires() {
+        let linger = Duration::from_secs(1);
+        let hub = Arc::new(Hub::new(Arc::new(Metrics::new()), linger, 16, None));
+        let user = UserId(4);
+        let a = hub.session(user, "ann", "a", 2).unwrap();
+        let b = hub.session(user, "ann", "b", 2).unwrap();
+        assert_eq!(
+            hub.session(user, "ann", "c", 2).err(),
+            Some(TooManyEndpoints)
+        );
+        let again = hub.session(user, "ann", "a", 2).unwrap();
+        assert!(Arc::ptr_eq(again.session(), a.session()));
+        assert!(
+            hub.session(UserId(5), "bob", "c", 2).is_ok(),
+            "the limit is per user"
+        );
+        drop((a, again));
+        drop(b);
+        tokio::time::sleep(linger * 2).await;
+        assert_eq!(hub.metrics.sessions_expired.get(), 3);
+        assert!(hub.session(user, "ann", "c", 2).is_ok());
     }
 
     /// `pchat_deliveries_total` counts what reached the connection's queue
@@ -1481,7 +1533,7 @@ mod tests {
         let hub = Arc::new(Hub::new(metrics.clone(), Duration::from_secs(60), 16, None));
         let (send, _credits, sent) = crate::relay::DirectSend::for_test(4);
         let direct = Arc::new(Direct::new(send));
-        let hold = hub.session(UserId(1), "ann", "e0");
+        let hold = hub.session(UserId(1), "ann", "e0", 16).unwrap();
         let attached = hub.attach(&hold, Some(direct.clone()));
         let session = hold.session().clone();
         drop(hold);

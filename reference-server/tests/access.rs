@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Instant;
+
 use pchat_protocol::client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -284,4 +286,90 @@ async fn rules_on_lists_categories_and_defaults() {
         .await;
     let e = users[1].get::<Value>("/v1/me").await.unwrap_err();
     assert_eq!(e.code(), Some(pchat_protocol::ErrorCode::PolicyDisabled));
+}
+
+/// PC-9.5b against joins in flight: members taken off a closed room's list
+/// while their joins are being answered are not left in the room. The join
+/// gate lets one history read run at a time (the room has a message), so
+/// most of the joins wait for a turn after their first permission check;
+/// the members are removed while they wait. Each join is then either
+/// refused (403) or answered before the removal and removed with it: none
+/// stays a participant.
+#[tokio::test]
+async fn members_removed_while_their_joins_wait_are_not_left_in_the_room() {
+    const MEMBERS: usize = 10;
+    const ENDPOINTS: usize = 12;
+    let server = TestServer::start_with(&[("PCHAT_ADMISSION__JOIN__CONCURRENCY", "1")]).await;
+    let mut names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    names.push("mgr".into());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let users = server.users(&names).await;
+    let (members, mgr) = (&users[..MEMBERS], &users[MEMBERS]);
+    // The members lose their place; `mgr` keeps it and reads the room.
+    let principals: Vec<String> = names[..MEMBERS]
+        .iter()
+        .map(|n| format!("user:{n}"))
+        .collect();
+    let everyone: Vec<String> = names.iter().map(|n| format!("user:{n}")).collect();
+    let cat = server.category("general", json!({})).await;
+    let room = server
+        .room(
+            "board",
+            cat,
+            json!({"privacy": "closed", "members": everyone}),
+        )
+        .await;
+    members[0]
+        .post_message(room, &post("history to read"))
+        .await
+        .unwrap();
+
+    let endpoints: Vec<(usize, String)> = (0..MEMBERS)
+        .flat_map(|m| (0..ENDPOINTS).map(move |e| (m, format!("e{e}"))))
+        .collect();
+    // The removal starts once the first join is answered.
+    let first_answer = tokio::sync::Notify::new();
+    let joins = futures_util::future::join_all(endpoints.iter().map(|(m, e)| async {
+        let outcome = members[*m].join(room, e, None).await;
+        first_answer.notify_one();
+        (outcome, Instant::now())
+    }));
+    let removal = async {
+        first_answer.notified().await;
+        server
+            .admin_post(
+                &format!("/v1/rooms/{room}/lists/members"),
+                json!({ "remove": principals }),
+            )
+            .await;
+        Instant::now()
+    };
+    let (outcomes, removed_at) = tokio::join!(joins, removal);
+    let (mut answered, mut answered_later, mut refused) = (0, 0, 0);
+    for (outcome, at) in outcomes {
+        match outcome {
+            Ok(_) if at > removed_at => answered_later += 1,
+            Ok(_) => answered += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(pchat_protocol::ErrorCode::Forbidden), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    // The removal landed among the joins (some refused, or answered only
+    // after it), or the test proved nothing.
+    assert!(
+        answered > 0 && refused + answered_later > 0,
+        "answered {answered} before the removal, {answered_later} after, refused {refused}: \
+         the removal did not land among the joins"
+    );
+    let left: Value = mgr
+        .get(&format!("/v1/rooms/{room}/participants"))
+        .await
+        .unwrap();
+    assert_eq!(
+        left["count"], 0,
+        "removed members left in the room ({answered} joins answered before the removal, \
+         {answered_later} after, {refused} refused): {left}"
+    );
 }

@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use pchat_protocol::client::{Client, ClientError, EventStream, StreamItem};
-use pchat_protocol::Event;
+use pchat_protocol::{ErrorCode, Event};
 use support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -254,7 +254,12 @@ async fn start_stream(
     endpoint: String,
     resume: &[(u64, u64)],
 ) -> Result<EventStream, u16> {
-    match user.stream(&endpoint, resume).await {
+    ready_or_status(user.stream(&endpoint, resume).await).await
+}
+
+/// A started stream once it is ready, or the HTTP status that refused it.
+async fn ready_or_status(started: Result<EventStream, ClientError>) -> Result<EventStream, u16> {
+    match started {
         Ok(mut stream) => match next_event(&mut stream, 10).await {
             StreamItem::Event(Event::Ready { .. }) => Ok(stream),
             other => panic!("a connected stream starts with ready: {other:?}"),
@@ -342,4 +347,187 @@ async fn streams_started_at_once_never_exceed_the_connection_limit() {
         Some(503)
     );
     drop(again);
+}
+
+/// PC-9.1c under concurrency: joins of one user from new endpoints, all at
+/// the same moment, make at most `max_endpoints_per_user` sessions; the
+/// others are refused with 409 `too_many_endpoints`. The joins read history
+/// (the room has a message) and the join gate lets one read run at a time
+/// (PC-2.4b), so each waits between its first look at the user's sessions
+/// and the moment it makes its own: a server that counted at the first
+/// look would let them all through.
+#[tokio::test]
+async fn joins_from_new_endpoints_at_once_never_exceed_the_endpoint_limit() {
+    const LIMIT: usize = 3;
+    const JOINS: usize = 16;
+    let server = TestServer::start_with(&[
+        ("PCHAT_LIMITS__MAX_ENDPOINTS_PER_USER", &LIMIT.to_string()),
+        ("PCHAT_ADMISSION__JOIN__CONCURRENCY", "1"),
+    ])
+    .await;
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    users[1].post_message(room, &post("history")).await.unwrap();
+    let ann = &users[0];
+    let endpoints: Vec<String> = (0..JOINS).map(|e| format!("e{e}")).collect();
+    let joins = endpoints.iter().map(|e| ann.join(room, e, None));
+    let outcomes = futures_util::future::join_all(joins).await;
+    let mut joined = Vec::new();
+    for (endpoint, outcome) in endpoints.iter().zip(outcomes) {
+        match outcome {
+            Ok(_) => joined.push(endpoint.clone()),
+            Err(e) => assert_eq!(
+                e.code(),
+                Some(ErrorCode::TooManyEndpoints),
+                "a join beyond the limit is refused 409 too_many_endpoints, not: {e}"
+            ),
+        }
+    }
+    assert_eq!(joined.len(), LIMIT, "sessions made at once: {joined:?}");
+    assert_eq!(
+        metric(&server, "pchat_endpoint_sessions").await,
+        LIMIT as f64
+    );
+
+    // The sessions made are the user's: each may join again, a new one may not.
+    for endpoint in &joined {
+        ann.join(room, endpoint, None).await.unwrap();
+    }
+    let late = ann.join(room, "late", None).await.unwrap_err();
+    assert_eq!(late.code(), Some(ErrorCode::TooManyEndpoints));
+}
+
+/// PC-9.1c for stream starts at once, as for joins above: each start
+/// rejoins a room with a message to replay, so it waits at the stream gate
+/// (one replay at a time) before its session is made.
+#[tokio::test]
+async fn streams_from_new_endpoints_at_once_never_exceed_the_endpoint_limit() {
+    const LIMIT: usize = 3;
+    const STARTS: usize = 16;
+    let server = TestServer::start_with(&[
+        ("PCHAT_LIMITS__MAX_ENDPOINTS_PER_USER", &LIMIT.to_string()),
+        ("PCHAT_ADMISSION__STREAM__CONCURRENCY", "1"),
+    ])
+    .await;
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    users[1]
+        .post_message(room, &post("to replay"))
+        .await
+        .unwrap();
+    let ann = &users[0];
+    let resume = [(room, 0)];
+    let endpoints: Vec<String> = (0..STARTS).map(|e| format!("e{e}")).collect();
+    let starts = endpoints
+        .iter()
+        .map(|e| async { ready_or_status(ann.stream_rejoining(e, &resume).await).await });
+    let outcomes = futures_util::future::join_all(starts).await;
+    let mut open = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(stream) => open.push(stream),
+            Err(status) => assert_eq!(status, 409, "a start beyond the limit answers 409"),
+        }
+    }
+    assert_eq!(
+        open.len(),
+        LIMIT,
+        "streams of new endpoints admitted at once"
+    );
+    assert_eq!(
+        metric(&server, "pchat_endpoint_sessions").await,
+        LIMIT as f64
+    );
+    assert_eq!(start_stream(ann, "late".into(), &[]).await.err(), Some(409));
+}
+
+/// PC-4.2b against stream starts in flight: a user disabled while their
+/// streams are being started keeps none open. Each start resumes a room
+/// with a message to replay and the stream gate lets one replay run at a
+/// time (PC-2.4b), so most starts wait after their authentication; the user
+/// is disabled once the first start is answered. Every start is then
+/// refused (401) or its stream closes with 4001.
+#[tokio::test]
+async fn a_user_disabled_while_streams_start_keeps_none_open() {
+    const ENDPOINTS: usize = 12;
+    let server = TestServer::start_with(&[("PCHAT_ADMISSION__STREAM__CONCURRENCY", "1")]).await;
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    let ann = &users[0];
+    let endpoints: Vec<String> = (0..ENDPOINTS).map(|e| format!("e{e}")).collect();
+    for e in &endpoints {
+        ann.join(room, e, None).await.unwrap();
+    }
+    users[1]
+        .post_message(room, &post("to replay"))
+        .await
+        .unwrap();
+    let resume = [(room, 0)];
+    let first_answer = tokio::sync::Notify::new();
+    let starts = futures_util::future::join_all(endpoints.iter().map(|e| async {
+        let started = match ann.stream(e, &resume).await {
+            Ok(mut stream) => {
+                // The first item is `ready`, or the close of a start that
+                // found its user disabled once attached.
+                let first = next_event(&mut stream, 10).await;
+                Ok((stream, first))
+            }
+            Err(ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                Err(resp.status().as_u16())
+            }
+            Err(e) => panic!("stream start failed otherwise: {e}"),
+        };
+        first_answer.notify_one();
+        started
+    }));
+    let disable = async {
+        first_answer.notified().await;
+        server
+            .admin
+            .patch::<serde_json::Value>(
+                "/v1/admin/users/ann",
+                &serde_json::json!({"disabled": true}),
+            )
+            .await
+            .unwrap();
+    };
+    let (outcomes, ()) = tokio::join!(starts, disable);
+    let (mut closed, mut refused) = (0, 0);
+    for outcome in outcomes {
+        match outcome {
+            Ok((_, StreamItem::Closed(code, _))) => {
+                assert_eq!(
+                    code,
+                    Some(4001),
+                    "a disabled user's stream closes with 4001"
+                );
+                closed += 1;
+            }
+            Ok((mut stream, StreamItem::Event(first))) => {
+                assert!(
+                    matches!(first, Event::Ready { .. }),
+                    "first event: {first:?}"
+                );
+                // What was replayed may arrive first; then the close.
+                let code = loop {
+                    let item = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+                    match item {
+                        Ok(Ok(StreamItem::Closed(code, _))) => break code,
+                        Ok(Ok(StreamItem::Event(_))) => continue,
+                        Ok(Err(e)) => panic!("stream error: {e}"),
+                        Err(_) => panic!("a disabled user's stream is still open 5 s later"),
+                    }
+                };
+                assert_eq!(
+                    code,
+                    Some(4001),
+                    "a disabled user's stream closes with 4001"
+                );
+                closed += 1;
+            }
+            Err(status) => {
+                assert_eq!(status, 401, "a disabled user's start is refused 401");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(closed + refused, ENDPOINTS);
+    assert_eq!(metric(&server, "pchat_stream_connections").await, 0.0);
 }

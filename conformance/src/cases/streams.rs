@@ -31,6 +31,10 @@ pub fn cases() -> Vec<Case> {
         case!("PC-9.4d", rejoin_takes_the_resumed_rooms_along),
         case!("PC-9.5a", events_are_typed_json_text_frames),
         case!("PC-9.5b", losing_read_permission_removes_the_endpoint),
+        case!(
+            "PC-9.5b",
+            members_removed_while_joins_are_answered_are_not_left_in
+        ),
         case!("PC-9.6a", server_pings_and_closes_silent_clients),
         case!("PC-9.6b", client_data_frames_close_the_stream),
         case!("PC-9.6c", slow_consumers_are_closed_and_resume),
@@ -169,6 +173,44 @@ async fn too_many_endpoints_are_refused(cx: &Ctx) -> Check {
     join_ep(cx, &u, room, &format!("{}-many0", cx.ns), None)
         .await?
         .ok(200)?;
+
+    // Joins answered at the same time count against one another. They
+    // read history (the room has a message), which widens the moment
+    // between a server's look at the user's sessions and its new one.
+    let v = cx.fresh_users(1).await?.remove(0);
+    let room = open_room_for(cx, &[&v]).await?;
+    cx.say(&v, room, "history to read on join").await?;
+    let tries = max + 8;
+    let eps: Vec<String> = (0..tries).map(|i| format!("{}-race{i}", cx.ns)).collect();
+    let answers =
+        futures_util::future::join_all(eps.iter().map(|ep| join_ep(cx, &v, room, ep, None))).await;
+    let mut made = 0;
+    for r in answers {
+        let r = r?;
+        match r.status {
+            200 => made += 1,
+            409 => {
+                r.err(409, "too_many_endpoints")?;
+            }
+            // Refusals that have no effect (PC-2.3a, PC-2.4a).
+            429 => {
+                r.err(429, "rate_limited")?;
+            }
+            503 => {
+                r.err(503, "busy")?;
+            }
+            _ => {
+                return Err(Flaw::Fail(format!(
+                    "a join at once answered {}: {}",
+                    r.status, r.body
+                )))
+            }
+        }
+    }
+    check!(
+        made <= max,
+        "{tries} joins of new endpoints at once made {made} sessions; max_endpoints_per_user is {max}"
+    );
     Ok(())
 }
 
@@ -618,6 +660,83 @@ async fn losing_read_permission_removes_the_endpoint(cx: &Ctx) -> Check {
         "messages still arrive after access was revoked"
     );
     Ok(())
+}
+
+/// PC-9.5b for joins in flight: members taken off a closed room's list while
+/// many of their joins are being answered are not left in the room. The
+/// joins read history (the room has a message), so a server that bounds its
+/// history reads makes most of them wait after their first permission
+/// check; the removal starts once the first join is answered.
+async fn members_removed_while_joins_are_answered_are_not_left_in(cx: &Ctx) -> Check {
+    const USERS: usize = 10;
+    let per_user = (cx.limits.max_endpoints_per_user as usize).min(12);
+    let mut users = cx.fresh_users(USERS + 1).await?;
+    let watcher = users.pop().expect("USERS + 1 users");
+    let everyone: Vec<String> = users
+        .iter()
+        .chain([&watcher])
+        .map(|u| u.principal())
+        .collect();
+    let room = cx
+        .room(json!({"privacy": "closed", "members": everyone}))
+        .await?;
+    cx.say(&watcher, room, "history to read on join").await?;
+    let joins: Vec<(&User, String)> = users
+        .iter()
+        .flat_map(|u| (0..per_user).map(move |i| (u, format!("{}-inflight{i}", cx.ns))))
+        .collect();
+    let first_answer = tokio::sync::Notify::new();
+    let answers = futures_util::future::join_all(joins.iter().map(|(u, ep)| async {
+        let r = join_ep(cx, u, room, ep, None).await;
+        first_answer.notify_one();
+        r
+    }));
+    let removal = async {
+        first_answer.notified().await;
+        cx.post(format!("/v1/rooms/{room}/lists/members"))
+            .as_user(&cx.w.manager)
+            .json(json!({"remove": users.iter().map(|u| u.principal()).collect::<Vec<_>>()}))
+            .send()
+            .await
+    };
+    let (answers, removed) = tokio::join!(answers, removal);
+    removed?.ok(200)?;
+    for r in answers {
+        let r = r?;
+        match r.status {
+            200 => {}
+            403 => {
+                r.err(403, "forbidden")?;
+            }
+            // Refusals that have no effect (PC-2.3a, PC-2.4a).
+            429 | 503 => {}
+            _ => {
+                return Err(Flaw::Fail(format!(
+                    "a join answered {}: {}",
+                    r.status, r.body
+                )))
+            }
+        }
+    }
+    // The removal is the list change's effect; give it a moment to show.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let v = participants(cx, &watcher.token, room, "?limit=1000").await?;
+        let left: Vec<String> = names(&v)
+            .into_iter()
+            .filter(|n| users.iter().any(|u| &u.name == n))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Flaw::Fail(format!(
+                "{} members taken off the list while their joins were answered are still participants 2 s later: {left:?}",
+                left.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn server_pings_and_closes_silent_clients(cx: &Ctx) -> Check {

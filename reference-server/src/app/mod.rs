@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::store::{Change, ComplianceEvent, Snapshot, Store};
 
 pub use messages::{run_publisher, HistoryFrom, MessageSearch, Posted};
-pub use rooms::{check_endpoint, JOIN_SINCE_MAX};
+pub use rooms::{check_endpoint, too_many_endpoints, JOIN_SINCE_MAX};
 
 /// How long a node waits for its own directory change to come back through
 /// the shared directory log before it reports an error.
@@ -118,6 +118,23 @@ pub struct App {
     topology: RwLock<Option<pools::Published>>,
     /// Other nodes of this pool and when the bus last heard from them.
     pub peers: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a user may not use the service (PC-4.2b, PC-4.3a).
+enum Barred {
+    /// Deleted (or never known), or disabled.
+    Gone,
+    /// Their effective policy turns Persistent Chat off.
+    PolicyDisabled,
+}
+
+fn barred(dir: &Directory, id: UserId) -> Option<Barred> {
+    match dir.users.get(&id) {
+        None => Some(Barred::Gone),
+        Some(u) if u.disabled => Some(Barred::Gone),
+        Some(u) if !dir.policy_enabled(u) => Some(Barred::PolicyDisabled),
+        Some(_) => None,
+    }
 }
 
 impl App {
@@ -249,20 +266,35 @@ impl App {
                 admin: true,
             });
         }
-        let user = dir.users.get(&id).ok_or_else(unauth)?;
-        if user.disabled {
-            return Err(unauth());
+        match barred(&dir, id) {
+            Some(Barred::Gone) => return Err(unauth()),
+            Some(Barred::PolicyDisabled) => {
+                return Err(ApiError::new(
+                    ErrorCode::PolicyDisabled,
+                    "your policy does not allow Persistent Chat",
+                ))
+            }
+            None => {}
         }
-        if !dir.policy_enabled(user) {
-            return Err(ApiError::new(
-                ErrorCode::PolicyDisabled,
-                "your policy does not allow Persistent Chat",
-            ));
-        }
+        let user = &dir.users[&id];
         Ok(Caller {
             id,
             name: user.name.clone(),
             admin: user.admin,
+        })
+    }
+
+    /// Why a stream of `caller` may no longer be served, as its close code:
+    /// the user was deleted or disabled (4001), or their policy turned
+    /// Persistent Chat off (4003). `None` while they may use the service.
+    pub fn lost_service(&self, caller: &Caller) -> Option<u16> {
+        use pchat_protocol::close;
+        if caller.id == OPERATOR {
+            return None;
+        }
+        barred(&self.dir(), caller.id).map(|b| match b {
+            Barred::Gone => close::UNAUTHENTICATED,
+            Barred::PolicyDisabled => close::POLICY_DISABLED,
         })
     }
 

@@ -579,12 +579,12 @@ impl App {
             let history = dir.categories.get(&r.category).is_some_and(|c| c.history);
             Ok((views::room_summary(r), history, r.name.clone()))
         })?;
+        // Refused here before any wait when already over; the session below
+        // keeps the limit (PC-9.1c).
+        let limit = self.config.limits.max_endpoints_per_user;
         let (exists, count) = self.hub.sessions_of(caller.id, &req.endpoint);
-        if !exists && count >= self.config.limits.max_endpoints_per_user {
-            return Err(ApiError::new(
-                ErrorCode::TooManyEndpoints,
-                "too many endpoints for this user",
-            ));
+        if !exists && count >= limit {
+            return Err(too_many_endpoints());
         }
         // A join that reads history waits for a turn first; refused, it
         // has changed nothing: no session, no participant, no record
@@ -602,10 +602,23 @@ impl App {
         } else {
             Admitted::free()
         };
-        // Held to the answer: the session cannot expire under the join.
-        let hold = self.hub.session(caller.id, &caller.name, &req.endpoint);
-        let limit = settings.service.participant_update_limit as usize;
-        let upto = self.hub.join(room, hold.session(), limit);
+        // Access again, now, with the session made and joined under the
+        // same look at the directory: a change that took the caller's read
+        // permission while this join waited has refused it, and one made
+        // after it finds the session in the room and removes it (PC-9.5b).
+        let update_limit = settings.service.participant_update_limit as usize;
+        let (_hold, upto) = self.with_room(caller, room, |_, _, access| {
+            if !access.read {
+                return Err(deny(access, "join"));
+            }
+            // Held to the answer: the session cannot expire under the join.
+            let hold = self
+                .hub
+                .session(caller.id, &caller.name, &req.endpoint, limit)
+                .map_err(|_| too_many_endpoints())?;
+            let upto = self.hub.join(room, hold.session(), update_limit);
+            Ok((hold, upto))
+        })?;
         let (stored, has_more) = if !history_on || upto == 0 {
             (Vec::new(), false)
         } else {
@@ -690,10 +703,6 @@ impl App {
         let mut rooms: Vec<RoomId> = resume
             .keys()
             .filter(|r| !joined.contains(r))
-            .filter(|r| {
-                self.with_room(caller, **r, |_, _, access| Ok(access.read))
-                    .unwrap_or(false)
-            })
             .copied()
             .collect();
         if rooms.is_empty() {
@@ -701,8 +710,16 @@ impl App {
         }
         rooms.sort();
         let limit = self.settings().service.participant_update_limit as usize;
-        for room in &rooms {
-            self.hub.join(*room, session, limit);
+        for room in rooms {
+            // Checked and joined under one look at the directory, as in
+            // `join`: a permission taken away at the same time either
+            // stops this join or finds it and removes it (PC-9.5b).
+            let _ = self.with_room(caller, room, |_, _, access| {
+                if access.read {
+                    self.hub.join(room, session, limit);
+                }
+                Ok(())
+            });
         }
         // The JOIN records are durable before the stream answers.
         self.hub.flush_notes().await;
@@ -789,4 +806,12 @@ pub fn check_endpoint(id: &str) -> ApiResult<()> {
             "endpoint must be 1 to 64 characters of [A-Za-z0-9._-]",
         ))
     }
+}
+
+/// The refusal of a session beyond `max_endpoints_per_user` (PC-9.1c).
+pub fn too_many_endpoints() -> ApiError {
+    ApiError::new(
+        ErrorCode::TooManyEndpoints,
+        "too many endpoints for this user",
+    )
 }

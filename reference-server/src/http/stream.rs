@@ -143,13 +143,12 @@ pub async fn stream(
         e.retry_after_ms = Some(5000);
         e
     })?;
-    // Sessions count whether connected or lingering (PC-9.1).
+    // Sessions count whether connected or lingering (PC-9.1). Refused here
+    // before any wait when already over; the session below keeps the limit.
+    let limit = app.config.limits.max_endpoints_per_user;
     let (exists, count) = app.hub.sessions_of(caller.id, &endpoint);
-    if !exists && count >= app.config.limits.max_endpoints_per_user {
-        return Err(ApiError::new(
-            ErrorCode::TooManyEndpoints,
-            "too many endpoints for this user",
-        ));
+    if !exists && count >= limit {
+        return Err(crate::app::too_many_endpoints());
     }
     // A start that will replay missed messages from the store waits for a
     // turn at the stream gate; refused (503 busy), nothing has changed
@@ -160,7 +159,10 @@ pub async fn stream(
         .await?;
     // Held until the stream is attached: a lingering session cannot expire
     // (and leave its rooms) between the rejoin and the attach.
-    let hold = app.hub.session(caller.id, &caller.name, &endpoint);
+    let hold = app
+        .hub
+        .session(caller.id, &caller.name, &endpoint, limit)
+        .map_err(|_| crate::app::too_many_endpoints())?;
     if rejoin {
         app.rejoin(&caller, hold.session(), &resume).await;
     }
@@ -208,6 +210,17 @@ fn hand_over(app: &App, socket: WebSocket, handle: Option<Arc<OwnedFd>>) -> Sock
 fn is_too_big(e: &axum::Error) -> bool {
     let text = e.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+/// The reason sent with a close that another part of the server asked for.
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::REPLACED => "replaced by a newer connection",
+        close::SLOW_CONSUMER => "slow consumer",
+        close::UNAUTHENTICATED => "no longer authenticated",
+        close::POLICY_DISABLED => "policy disabled",
+        _ => "closed",
+    }
 }
 
 /// Why a connection ended.
@@ -323,6 +336,10 @@ impl Connection {
         };
         let attached = app.hub.attach(&hold, direct.clone());
         drop(hold);
+        // The caller again, now that the stream is attached: a user disabled
+        // (or whose policy went off) while this start waited was not found
+        // by `Hub::close_user`; one changed from here on is (PC-4.2b).
+        let lost = app.lost_service(&caller);
         app.metrics.connections.inc();
         let conn = attached.conn.clone();
         let mut rx = attached.rx;
@@ -334,7 +351,10 @@ impl Connection {
             direct,
         };
         tracing::debug!(user = %caller.name, endpoint = %session.endpoint, "stream connected");
-        let started = me.start(&session, &attached.rooms, &resume).await;
+        let started = match lost {
+            Some(code) => Err(End::Close(code, close_reason(code))),
+            None => me.start(&session, &attached.rooms, &resume).await,
+        };
         // The replay from the store is done: the next start may have the turn.
         drop(turn);
         let end = match started {
@@ -486,14 +506,7 @@ impl Connection {
                 biased;
                 _ = &mut closed => {
                     let code = close_signal.code();
-                    let reason = match code {
-                        close::REPLACED => "replaced by a newer connection",
-                        close::SLOW_CONSUMER => "slow consumer",
-                        close::UNAUTHENTICATED => "no longer authenticated",
-                        close::POLICY_DISABLED => "policy disabled",
-                        _ => "closed",
-                    };
-                    Err(End::Close(code, reason))
+                    Err(End::Close(code, close_reason(code)))
                 }
                 _ = &mut stopping => Err(End::Close(close::GOING_AWAY, "server shutting down")),
                 item = rx.recv() => match item {
