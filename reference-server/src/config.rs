@@ -47,6 +47,13 @@ pub struct LimitsConfig {
     /// at about 9 KiB an idle stream; one process holds only as many as
     /// its open-file limit, so a node beyond that needs stream workers.
     pub max_connections: usize,
+    /// Longest a connection may take to send a request head, counted from
+    /// when the server is ready for one (so also the longest a connection
+    /// may sit idle between requests); then it is closed. 0: no bound.
+    /// Above the 90 s for which common HTTP clients (reqwest, so goose and
+    /// the conformance suite) keep an idle connection, so they drop theirs
+    /// first instead of racing a request against its close.
+    pub request_head_timeout_s: u64,
     /// Lifetime of tokens issued by login, in seconds.
     pub token_ttl_s: u64,
 }
@@ -143,6 +150,7 @@ impl Default for LimitsConfig {
             request_burst: 200,
             max_endpoints_per_user: 16,
             max_connections: 50_000,
+            request_head_timeout_s: 120,
             token_ttl_s: 12 * 3600,
         }
     }

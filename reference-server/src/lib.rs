@@ -231,22 +231,13 @@ pub async fn start_on(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "serving");
-            if app.workers.is_some() {
-                // Stream sockets go to workers: keep a handle to each one.
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<http::SocketHandle>(),
-                )
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await?;
-            } else {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<http::Accepted>(),
-                )
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await?;
-            }
+            // Stream sockets go to workers: keep a handle to each one.
+            let keep_fd = app.workers.is_some();
+            let head_timeout = match app.config.limits.request_head_timeout_s {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            };
+            http::serve::run(listener, router, keep_fd, head_timeout, shutdown.clone()).await;
             // Streams saw the shutdown token and are closing; give them a moment.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while app.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {

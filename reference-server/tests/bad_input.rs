@@ -306,3 +306,86 @@ async fn a_flood_from_one_user_is_rate_limited_without_losing_what_was_acknowled
         .await
         .expect("another user's post");
 }
+
+/// A slow or silent client cannot hold a connection for ever:
+/// `limits.request_head_timeout_s` closes a connection that sends no
+/// request head, trickles one, or sits idle after its answer, while an
+/// event stream (no longer waiting for a head) and a request answered in
+/// time are not affected.
+#[tokio::test]
+async fn connections_that_send_no_request_head_in_time_are_closed() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let server = TestServer::start_with(&[("PCHAT_LIMITS__REQUEST_HEAD_TIMEOUT_S", "1")]).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    // Reads until the server closes the connection; what it sent, and when.
+    async fn until_closed(tcp: &mut TcpStream, started: Instant) -> (Vec<u8>, Duration) {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (seen, started.elapsed()),
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("connection still open 10 s later; read {seen:?}"),
+            }
+        }
+    }
+
+    // Connected, nothing sent.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let (_, after) = until_closed(&mut silent, started).await;
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+
+    // A head sent a line every 300 ms, never finished.
+    let started = Instant::now();
+    let mut trickle = TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(b"GET /v1/limits HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    for i in 0..30 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let line = format!("x-slow-{i}: 1\r\n");
+        if trickle.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let (_, after) = until_closed(&mut trickle, started).await;
+    assert!(
+        after < Duration::from_secs(5),
+        "a trickled head held its connection {after:?}"
+    );
+
+    // One request answered, then idle: closed after the timeout, not before.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /v1/limits HTTP/1.1\r\nhost: pchat\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (answer, after) = until_closed(&mut idle, started).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+
+    // An event stream outlives the timeout and still delivers.
+    let (users, room) = server.lobby(&["ann", "bob"]).await;
+    users[1].join(room, "phone", None).await.unwrap();
+    let mut stream = users[1].stream("phone", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    users[0]
+        .post_message(room, &post("still here"))
+        .await
+        .unwrap();
+    let got = messages(&mut stream, room, 1, 10).await;
+    assert_eq!(got[0].text, "still here");
+}

@@ -3,13 +3,15 @@
 //!
 //! - `routes`: one handler per operation, each a thin call into [`App`];
 //! - `stream`: the WebSocket event stream;
+//! - `serve`: the accept loop, with its bound on slow request heads;
 //! - this file: the router, the middleware and the extractors.
 
 mod routes;
+pub mod serve;
 mod stream;
 
 pub(crate) use stream::close_linger;
-pub use stream::{Accepted, SocketHandle};
+pub use stream::SocketHandle;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -12,15 +12,14 @@
 //! ([`crate::relay`]), by a worker: the connection is the same either way.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use axum::serve::IncomingStream;
 use axum::Extension;
 use pchat_protocol::{self as wire, close, ErrorCode, RemovedReason};
 use serde::Deserialize;
@@ -55,36 +54,9 @@ const CATCHUP_PAGE: usize = 500;
 
 /// A second descriptor of a connection's socket, taken when it is accepted
 /// on a node that runs stream workers, so that a stream's socket can be
-/// handed to a worker after the upgrade.
+/// handed to a worker after the upgrade (`serve::run`).
 #[derive(Clone)]
-pub struct SocketHandle(Option<Arc<OwnedFd>>);
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for SocketHandle {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        set_nodelay(stream.io());
-        SocketHandle(stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new))
-    }
-}
-
-/// What a node without stream workers keeps of an accepted connection:
-/// nothing, after setting it up.
-#[derive(Clone, Copy, Debug)]
-pub struct Accepted;
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Accepted {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        set_nodelay(stream.io());
-        Accepted
-    }
-}
-
-/// Events are small and should leave at once: no Nagle delay behind a
-/// frame the client has not acknowledged yet.
-fn set_nodelay(tcp: &tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-}
+pub struct SocketHandle(pub(super) Option<Arc<OwnedFd>>);
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
