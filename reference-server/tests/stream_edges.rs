@@ -447,6 +447,21 @@ async fn streams_from_new_endpoints_at_once_never_exceed_the_endpoint_limit() {
 /// refused (401) or its stream closes with 4001.
 #[tokio::test]
 async fn a_user_disabled_while_streams_start_keeps_none_open() {
+    user_gone_while_streams_start(Gone::Disabled).await;
+}
+
+/// PC-4.2b as above, for a user deleted while their streams start.
+#[tokio::test]
+async fn a_user_deleted_while_streams_start_keeps_none_open() {
+    user_gone_while_streams_start(Gone::Deleted).await;
+}
+
+enum Gone {
+    Disabled,
+    Deleted,
+}
+
+async fn user_gone_while_streams_start(how: Gone) {
     const ENDPOINTS: usize = 12;
     let server = TestServer::start_with(&[("PCHAT_ADMISSION__STREAM__CONCURRENCY", "1")]).await;
     let (users, room) = server.lobby(&["ann", "bob"]).await;
@@ -479,14 +494,30 @@ async fn a_user_disabled_while_streams_start_keeps_none_open() {
     }));
     let disable = async {
         first_answer.notified().await;
-        server
-            .admin
-            .patch::<serde_json::Value>(
-                "/v1/admin/users/ann",
-                &serde_json::json!({"disabled": true}),
-            )
-            .await
-            .unwrap();
+        match how {
+            Gone::Disabled => {
+                server
+                    .admin
+                    .patch::<serde_json::Value>(
+                        "/v1/admin/users/ann",
+                        &serde_json::json!({"disabled": true}),
+                    )
+                    .await
+                    .unwrap();
+            }
+            Gone::Deleted => {
+                let resp = server
+                    .admin
+                    .send(
+                        reqwest::Method::DELETE,
+                        "/v1/admin/users/ann",
+                        None::<&serde_json::Value>,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 204);
+            }
+        }
     };
     let (outcomes, ()) = tokio::join!(starts, disable);
     let (mut closed, mut refused) = (0, 0);
@@ -496,7 +527,7 @@ async fn a_user_disabled_while_streams_start_keeps_none_open() {
                 assert_eq!(
                     code,
                     Some(4001),
-                    "a disabled user's stream closes with 4001"
+                    "a disabled or deleted user's stream closes with 4001"
                 );
                 closed += 1;
             }
@@ -512,22 +543,39 @@ async fn a_user_disabled_while_streams_start_keeps_none_open() {
                         Ok(Ok(StreamItem::Closed(code, _))) => break code,
                         Ok(Ok(StreamItem::Event(_))) => continue,
                         Ok(Err(e)) => panic!("stream error: {e}"),
-                        Err(_) => panic!("a disabled user's stream is still open 5 s later"),
+                        Err(_) => {
+                            panic!("a disabled or deleted user's stream is still open 5 s later")
+                        }
                     }
                 };
                 assert_eq!(
                     code,
                     Some(4001),
-                    "a disabled user's stream closes with 4001"
+                    "a disabled or deleted user's stream closes with 4001"
                 );
                 closed += 1;
             }
             Err(status) => {
-                assert_eq!(status, 401, "a disabled user's start is refused 401");
+                assert_eq!(
+                    status, 401,
+                    "a disabled or deleted user's start is refused 401"
+                );
                 refused += 1;
             }
         }
     }
     assert_eq!(closed + refused, ENDPOINTS);
-    assert_eq!(metric(&server, "pchat_stream_connections").await, 0.0);
+    // The server counts a stream until its close handshake is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = metric(&server, "pchat_stream_connections").await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} streams of the gone user still counted 5 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

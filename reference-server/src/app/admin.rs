@@ -240,9 +240,13 @@ impl App {
         let id = self.user_id(name)?;
         let mut audit = self.event("ADMIN", None, &caller.name);
         audit.detail = Some(format!("user deleted: {name}"));
-        self.hub.close_user(id, close::UNAUTHENTICATED);
         self.commit(vec![Change::DeleteUser(id)], vec![audit])
             .await?;
+        // After the directory has lost the user, so that a stream attached
+        // before this is closed here and one attached after finds the user
+        // gone (`App::lost_service`); `revoke_lost_access` no longer sees
+        // the user.
+        self.hub.close_user(id, close::UNAUTHENTICATED);
         self.revoke_lost_access();
         Ok(())
     }
