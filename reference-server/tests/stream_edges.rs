@@ -259,11 +259,23 @@ async fn start_stream(
 
 /// A started stream once it is ready, or the HTTP status that refused it.
 async fn ready_or_status(started: Result<EventStream, ClientError>) -> Result<EventStream, u16> {
+    let (stream, first) = first_or_status(started).await?;
+    match first {
+        StreamItem::Event(Event::Ready { .. }) => Ok(stream),
+        other => panic!("a connected stream starts with ready: {other:?}"),
+    }
+}
+
+/// A started stream with the first item it read, or the HTTP status that
+/// refused it before the upgrade.
+async fn first_or_status(
+    started: Result<EventStream, ClientError>,
+) -> Result<(EventStream, StreamItem), u16> {
     match started {
-        Ok(mut stream) => match next_event(&mut stream, 10).await {
-            StreamItem::Event(Event::Ready { .. }) => Ok(stream),
-            other => panic!("a connected stream starts with ready: {other:?}"),
-        },
+        Ok(mut stream) => {
+            let first = next_event(&mut stream, 10).await;
+            Ok((stream, first))
+        }
         Err(ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             Err(resp.status().as_u16())
         }
@@ -477,18 +489,9 @@ async fn user_gone_while_streams_start(how: Gone) {
     let resume = [(room, 0)];
     let first_answer = tokio::sync::Notify::new();
     let starts = futures_util::future::join_all(endpoints.iter().map(|e| async {
-        let started = match ann.stream(e, &resume).await {
-            Ok(mut stream) => {
-                // The first item is `ready`, or the close of a start that
-                // found its user disabled once attached.
-                let first = next_event(&mut stream, 10).await;
-                Ok((stream, first))
-            }
-            Err(ClientError::WebSocket(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                Err(resp.status().as_u16())
-            }
-            Err(e) => panic!("stream start failed otherwise: {e}"),
-        };
+        // The first item is `ready`, or the close of a start that found
+        // its user gone once attached.
+        let started = first_or_status(ann.stream(e, &resume).await).await;
         first_answer.notify_one();
         started
     }));

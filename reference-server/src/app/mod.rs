@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::store::{Change, ComplianceEvent, Snapshot, Store};
 
 pub use messages::{run_publisher, HistoryFrom, MessageSearch, Posted};
-pub use rooms::{check_endpoint, too_many_endpoints, JOIN_SINCE_MAX};
+pub use rooms::{check_endpoint, JOIN_SINCE_MAX};
 
 /// How long a node waits for its own directory change to come back through
 /// the shared directory log before it reports an error.

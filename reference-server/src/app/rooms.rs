@@ -12,7 +12,7 @@ use crate::domain::{
     name_key, Access, Acl, CategoryId, Directory, Entry, NameOwner, RoomId, RoomRec, UserId,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::hub::Session;
+use crate::hub::{Session, TooManyEndpoints};
 use crate::store::{Change, IdKind, InvitationRec, Slice};
 
 /// Most messages a join with `since` returns (PC-9.3).
@@ -584,7 +584,7 @@ impl App {
         let limit = self.config.limits.max_endpoints_per_user;
         let (exists, count) = self.hub.sessions_of(caller.id, &req.endpoint);
         if !exists && count >= limit {
-            return Err(too_many_endpoints());
+            return Err(TooManyEndpoints.into());
         }
         // A join that reads history waits for a turn first; refused, it
         // has changed nothing: no session, no participant, no record
@@ -614,8 +614,7 @@ impl App {
             // Held to the answer: the session cannot expire under the join.
             let hold = self
                 .hub
-                .session(caller.id, &caller.name, &req.endpoint, limit)
-                .map_err(|_| too_many_endpoints())?;
+                .session(caller.id, &caller.name, &req.endpoint, limit)?;
             let upto = self.hub.join(room, hold.session(), update_limit);
             Ok((hold, upto))
         })?;
@@ -809,9 +808,11 @@ pub fn check_endpoint(id: &str) -> ApiResult<()> {
 }
 
 /// The refusal of a session beyond `max_endpoints_per_user` (PC-9.1c).
-pub fn too_many_endpoints() -> ApiError {
-    ApiError::new(
-        ErrorCode::TooManyEndpoints,
-        "too many endpoints for this user",
-    )
+impl From<TooManyEndpoints> for ApiError {
+    fn from(_: TooManyEndpoints) -> ApiError {
+        ApiError::new(
+            ErrorCode::TooManyEndpoints,
+            "too many endpoints for this user",
+        )
+    }
 }

@@ -29,7 +29,7 @@ use crate::admission::Admitted;
 use crate::app::{views, App, Caller};
 use crate::domain::RoomId;
 use crate::error::{ApiError, ApiResult};
-use crate::hub::{to_frame, Direct, Outbound, Session, SessionHold};
+use crate::hub::{to_frame, Direct, Outbound, Session, SessionHold, TooManyEndpoints};
 use crate::relay::{Incoming, Relayed};
 use crate::store::Slice;
 
@@ -120,7 +120,7 @@ pub async fn stream(
     let limit = app.config.limits.max_endpoints_per_user;
     let (exists, count) = app.hub.sessions_of(caller.id, &endpoint);
     if !exists && count >= limit {
-        return Err(crate::app::too_many_endpoints());
+        return Err(TooManyEndpoints.into());
     }
     // A start that will replay missed messages from the store waits for a
     // turn at the stream gate; refused (503 busy), nothing has changed
@@ -131,10 +131,7 @@ pub async fn stream(
         .await?;
     // Held until the stream is attached: a lingering session cannot expire
     // (and leave its rooms) between the rejoin and the attach.
-    let hold = app
-        .hub
-        .session(caller.id, &caller.name, &endpoint, limit)
-        .map_err(|_| crate::app::too_many_endpoints())?;
+    let hold = app.hub.session(caller.id, &caller.name, &endpoint, limit)?;
     if rejoin {
         app.rejoin(&caller, hold.session(), &resume).await;
     }
